@@ -363,22 +363,22 @@ def format_help() -> List[str]:
 
 
 def format_users(nicks: Sequence[str], me: str, admins: Iterable[str] = (),
-                 limit: Optional[int] = None) -> str:
+                 total: Optional[int] = None) -> str:
     """The users online, with ``me`` and the admins marked.
 
-    With ``limit``, at most that many names are listed and the rest counted,
-    so a joining user in a room of thousands gets one short line.
+    ``total`` is how many are online when ``nicks`` lists only some of
+    them (a joining user in a room of thousands gets one short line).
     """
     admins = set(admins)
-    shown = nicks if limit is None else nicks[:limit]
     names = []
-    for nick in shown:
+    for nick in nicks:
         marks = [mark for mark, yes in (("you", nick == me),
                                         ("admin", nick in admins)) if yes]
         names.append(f"{nick} ({', '.join(marks)})" if marks else nick)
-    more = len(nicks) - len(shown)
-    tail = f" and {more} more (type -users)" if more else ""
-    return format_notice(f"Online ({len(nicks)}): {', '.join(names)}{tail}")
+    total = len(nicks) if total is None else total
+    more = total - len(nicks)
+    tail = f" and {more} more (type -users)" if more > 0 else ""
+    return format_notice(f"Online ({total}): {', '.join(names)}{tail}")
 
 
 def format_joined(nick: str) -> str:

@@ -1,0 +1,660 @@
+"""Terminal client for the chat server (``server.py``).
+
+Run ``python3 client.py [--host H] [--port P] [--nick N]``. It connects,
+helps you choose a nickname, then lets you type lines while the lines of
+other users appear above the one you are typing.
+
+How it is built, in one paragraph: the *main thread* reads what you type
+(``input()``, with line editing and history from the standard ``readline``
+module where it exists) and sends it; a *reader thread* receives lines from
+the server and prints them. Both print through one :class:`Terminal`, which
+owns the screen: it prints each incoming line above your prompt and redraws
+the prompt with your half-typed text. Every received line goes through
+:func:`sanitize` before it is shown, so another user cannot send escape
+sequences that drive your terminal.
+
+The wire protocol (lines of UTF-8 text) lives in ``protocol.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import sys
+import threading
+from collections import deque
+from types import ModuleType
+from typing import Deque, List, Optional, Sequence, TextIO
+
+import protocol
+
+try:  # Unix only; used to put the terminal back before a hard exit.
+    import termios
+except ImportError:  # Windows
+    termios = None  # type: ignore[assignment]
+
+#: Seconds to wait for the TCP connection to be set up.
+CONNECT_TIMEOUT = 10.0
+#: Seconds to wait for the server's goodbye after sending ``-exit``.
+LEAVE_TIMEOUT = 2.0
+#: Seconds to wait for the server to confirm ``-to NICK`` or ``-all``
+#: before showing the next prompt (so the prompt names the right partner).
+REPLY_TIMEOUT = 1.0
+#: Longest server line we keep. The server's own lines can be longer than
+#: what users may send (``-users`` in a big room), so be generous.
+MAX_SERVER_LINE = 1024 * 1024
+#: Bytes of one endless line we skip before deciding the server is broken.
+MAX_SERVER_DISCARD = 16 * 1024 * 1024
+
+
+# --- Making received text safe to show ------------------------------------------
+#
+# A terminal obeys escape sequences found in the text it prints: "ESC [ 2 J"
+# clears the screen, "ESC ] 0 ; title BEL" sets the window title, BEL rings
+# the bell, a bare carriage return lets a line overwrite itself. Anything a
+# peer sends must therefore be cleaned before it reaches our stdout.
+
+_ESCAPE_SEQUENCE_RE = re.compile(
+    r"""
+      (?: \x1b\[ | \x9b ) [\x30-\x3f]* [\x20-\x2f]* [\x40-\x7e]
+        # CSI: cursor moves, clearing, colours ("ESC [ 2 J")
+    | (?: \x1b[\]PX^_] | [\x90\x98\x9d\x9e\x9f] ) [^\x07\x1b\x9c]*
+      (?: \x07 | \x1b\\ | \x9c )?
+        # OSC, DCS, SOS, PM, APC: a string up to its terminator
+        # ("ESC ] 0 ; title BEL" sets the window title)
+    | \x1b [\x20-\x2f]* [\x30-\x7e]
+        # any other escape sequence ("ESC c" resets the terminal)
+    """,
+    re.VERBOSE)
+
+# C0 controls but tab, DEL, and the C1 controls (U+0080-U+009F).
+_CONTROL_RE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+# Bidirectional embeddings, overrides and isolates: one of these can make
+# the rest of the line display in a different order than it was written.
+# (The marks U+200E, U+200F and U+061C only affect their neighbours and
+# have real uses in right-to-left text, so they are kept.)
+_BIDI_RE = re.compile("[\u202a-\u202e\u2066-\u2069]")
+
+
+def _show_control(match: "re.Match[str]") -> str:
+    """Caret notation for one control character, as ``cat -v`` shows it:
+    BEL is ``^G``, ESC ``^[``, DEL ``^?``; a C1 control is the two-character
+    form it abbreviates, so U+009B (CSI) is ``^[[``."""
+    code = ord(match.group())
+    if code == 0x7F:
+        return "^?"
+    if code < 0x20:
+        return "^" + chr(code + 0x40)
+    return "^[" + chr(code - 0x40)
+
+
+def sanitize(text: str) -> str:
+    """Make text from the network harmless to print on a terminal.
+
+    Whole escape sequences (CSI, OSC and the like) are removed; any other
+    control character is shown in caret notation (``^G``); bidirectional
+    overrides and isolates are removed. Tabs and every printable character
+    of any script (Cyrillic, emoji, ...) are kept as they are.
+    """
+    text = _ESCAPE_SEQUENCE_RE.sub("", text)
+    text = _CONTROL_RE.sub(_show_control, text)
+    return _BIDI_RE.sub("", text)
+
+
+# --- Rendering lines, with or without colour ----------------------------------------
+
+RESET = "\x1b[0m"
+BOLD = "\x1b[1m"
+NOTICE_STYLE = "\x1b[36m"        # cyan: the server speaking
+ERROR_STYLE = "\x1b[1;31m"       # bold red: something went wrong
+PRIVATE_STYLE = "\x1b[35m"       # magenta: for your eyes only
+MENTION_STYLE = "\x1b[1;33;4m"   # bold yellow underlined: your nickname
+
+
+def _highlight_mentions(text: str, my_nick: str, base: str) -> str:
+    """Highlight ``my_nick`` as a whole word in ``text``; ``base`` is the
+    style to return to after each highlight."""
+    if not my_nick:
+        return text
+    pattern = re.compile(r"(?<!\w)" + re.escape(my_nick) + r"(?!\w)",
+                         re.IGNORECASE)
+    return pattern.sub(lambda m: MENTION_STYLE + m.group() + RESET + base,
+                       text)
+
+
+def render(line: str, my_nick: str, colour: bool) -> str:
+    """The text to print for one line from the server.
+
+    The line is sanitised first. With ``colour``, notices, errors and
+    private messages each get their own colour, the sender of a public
+    message is bold, and ``my_nick`` is highlighted where someone else
+    mentions it. Without colour the sanitised line is returned as it is.
+    """
+    text = sanitize(line)
+    if not colour:
+        return text
+    parsed = protocol.parse_server_line(text)
+    if parsed.kind == "notice":
+        return NOTICE_STYLE + text + RESET
+    if parsed.kind == "error":
+        return ERROR_STYLE + text + RESET
+    from_me = protocol.nick_key(parsed.nick) == protocol.nick_key(my_nick)
+    mention_nick = "" if from_me else my_nick
+    if parsed.kind == "private":
+        body = _highlight_mentions(parsed.text, mention_nick, PRIVATE_STYLE)
+        return (PRIVATE_STYLE + protocol.PRIVATE + parsed.nick + ": " + body
+                + RESET)
+    body = _highlight_mentions(parsed.text, mention_nick, "")
+    return BOLD + parsed.nick + RESET + ": " + body
+
+
+def local_notice(text: str) -> str:
+    """A line the client itself shows, in the server's notice format so it
+    is rendered (and coloured) like one."""
+    return protocol.format_notice(text)
+
+
+def wants_colour(stream: TextIO) -> bool:
+    """Colour only on a terminal, and not when the user asked for none
+    (https://no-color.org) or the terminal cannot show it."""
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    if os.name == "nt":  # the classic Windows console prints ESC literally
+        return False
+    return stream.isatty()
+
+
+# --- The connection ---------------------------------------------------------------
+
+
+class Connection:
+    """One TCP connection to the server, read and written as text lines."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._framer = protocol.LineFramer(MAX_SERVER_LINE, MAX_SERVER_DISCARD)
+        self._lines: Deque[str] = deque()  # received, not yet read
+
+    def read_line(self) -> Optional[str]:
+        """The next line from the server, or None when it closed the
+        connection. Raises OSError (or protocol.FramingError) if the
+        connection broke."""
+        while not self._lines:
+            data = self.sock.recv(65536)
+            if not data:
+                return None
+            for frame in self._framer.feed(data):
+                self._lines.append(self._decode(frame))
+        return self._lines.popleft()
+
+    @staticmethod
+    def _decode(frame: protocol.Frame) -> str:
+        if frame is protocol.OVERLONG:
+            return protocol.format_error(
+                "(a line from the server was too long to show)")
+        # Invalid UTF-8 becomes U+FFFD rather than an exception: the line
+        # is still worth showing. Control characters are kept here and
+        # made harmless by sanitize() when the line is printed.
+        return bytes(frame).decode(protocol.ENCODING, "replace").rstrip("\r")
+
+    def send_line(self, text: str) -> None:
+        """Send one line (without its newline)."""
+        self.sock.sendall(protocol.encode_line(text))
+
+    def close(self) -> None:
+        """Close the connection; wakes up a thread blocked in read_line()."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed by the other end
+        self.sock.close()
+
+
+def connect(host: str, port: int) -> Connection:
+    """Connect to the server. Raises OSError with a message fit to show."""
+    try:
+        sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
+    except socket.gaierror as error:
+        raise OSError(f"cannot find host {host!r}: {error.strerror}") from None
+    except socket.timeout:
+        raise OSError(f"cannot connect to {host} port {port}: timed out") \
+            from None
+    except ConnectionRefusedError:
+        raise OSError(f"cannot connect to {host} port {port}: connection"
+                      " refused (is the server running?)") from None
+    except OSError as error:
+        raise OSError(f"cannot connect to {host} port {port}:"
+                      f" {error.strerror or error}") from None
+    sock.settimeout(None)  # from now on, block until something arrives
+    # Chat lines are small: send each one at once instead of letting the
+    # kernel wait to batch them (Nagle's algorithm).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return Connection(sock)
+
+
+# --- The screen -------------------------------------------------------------------
+
+
+def _load_readline() -> Optional[ModuleType]:
+    """The readline module, set up for a chat; None where it is missing."""
+    try:
+        import readline
+    except ImportError:  # Windows: input() still works, just plainer
+        return None
+    is_libedit = "libedit" in (readline.__doc__ or "")
+    if not is_libedit:
+        # With bracketed paste on, readline switches the terminal into a
+        # paste mode while it reads; if the server goes down mid-line we
+        # exit without readline's clean-up, which would leave it on.
+        readline.parse_and_bind("set enable-bracketed-paste off")
+    return readline
+
+
+class Terminal:
+    """Owns the screen: prints lines (from any thread) above the prompt,
+    and reads what the user types.
+
+    While the main thread waits in ``input()``, the prompt and the user's
+    half-typed line are on the last screen line. To print a message then,
+    we clear that line, print the message, and draw the prompt and the
+    typed text again, so typing is never mangled. A lock keeps two threads
+    from writing at once.
+    """
+
+    def __init__(self, interactive: bool, colour: bool,
+                 out: TextIO = sys.stdout) -> None:
+        #: stdin is a terminal: show prompts and edit lines.
+        self.interactive = interactive
+        self.colour = colour
+        self._out = out
+        self._lock = threading.Lock()
+        self._prompt = ""          # what input() is showing
+        self._reading = False      # True while input() shows the prompt
+        self._readline = _load_readline() if interactive else None
+        self._saved_mode = self._save_mode()
+        self._dumb = os.environ.get("TERM") == "dumb"
+        if self._readline is not None and hasattr(self._readline,
+                                                  "set_pre_input_hook"):
+            # Called by readline once the prompt is on the screen: only
+            # from then on is there a prompt line to redraw.
+            self._readline.set_pre_input_hook(self._prompt_shown)
+            self._hooked = True
+        else:
+            self._hooked = False
+
+    # -- Output
+
+    def show(self, text: str) -> None:
+        """Print one line of text (already rendered) above the prompt."""
+        with self._lock:
+            if not self._reading:
+                self._write(text + "\n")
+            elif self._readline is not None:
+                typed = self._readline.get_line_buffer()
+                self._write(self._clear_line(self._prompt + typed) + text
+                            + "\n" + self._prompt + typed)
+            else:
+                # Without readline we cannot see what was typed so far (the
+                # terminal driver holds it), so just start a new prompt line.
+                self._write("\n" + text + "\n" + self._prompt)
+
+    def show_lines(self, lines: Sequence[str]) -> None:
+        for line in lines:
+            self.show(line)
+
+    def finish(self, text: Optional[str]) -> None:
+        """Last output before a hard exit: clear the prompt line, print
+        ``text`` (if any) and put the terminal back as we found it."""
+        with self._lock:
+            if self._reading:
+                typed = (self._readline.get_line_buffer()
+                         if self._readline is not None else "")
+                self._write(self._clear_line(self._prompt + typed))
+            if text:
+                self._write(text + "\n")
+            self._reading = False
+            self._restore_mode()
+
+    def _clear_line(self, shown: str) -> str:
+        """What to write to blank the prompt line and return to its start."""
+        if self._dumb:  # no escape sequences: overwrite with spaces
+            width = shutil.get_terminal_size().columns - 1
+            return "\r" + " " * min(2 * len(shown), width) + "\r"
+        return "\r\x1b[K"  # carriage return, then erase to end of line
+
+    def _write(self, text: str) -> None:
+        self._out.write(text)
+        self._out.flush()
+
+    # -- Input
+
+    def read_line(self, prompt: str) -> Optional[str]:
+        """One line typed by the user (without its newline), or None at
+        end of input (Ctrl+D, or the end of piped input). Raises
+        KeyboardInterrupt on Ctrl+C."""
+        if not self.interactive:
+            line = sys.stdin.readline()  # no prompt when input is piped
+            return line.rstrip("\r\n") if line else None
+        with self._lock:
+            self._prompt = prompt
+            if not self._hooked:
+                self._reading = True
+        try:
+            return input(prompt)
+        except EOFError:  # Ctrl+D
+            self._end_prompt_line()
+            return None
+        except KeyboardInterrupt:  # Ctrl+C
+            self._end_prompt_line()
+            raise
+        finally:
+            with self._lock:
+                self._reading = False
+
+    def _end_prompt_line(self) -> None:
+        """After Ctrl+D or Ctrl+C the cursor is still on the prompt line
+        (Enter would have moved it on): start a new line for what follows."""
+        with self._lock:
+            self._write("\n")
+
+    def ask(self, prompt: str) -> Optional[str]:
+        """Ask a question, when nothing else is being printed (before the
+        reader thread starts)."""
+        line = self.read_line(prompt)
+        return None if line is None else line.strip()
+
+    def forget_last_line(self) -> None:
+        """Drop the last typed line from the history (it held a password)."""
+        if self._readline is not None:
+            length = self._readline.get_current_history_length()
+            if length:
+                self._readline.remove_history_item(length - 1)
+
+    def _prompt_shown(self) -> None:
+        with self._lock:
+            self._reading = True
+
+    # -- Terminal mode
+
+    def _save_mode(self) -> Optional[list]:
+        """The terminal's settings now, before readline changes them."""
+        if termios is None or not self.interactive:
+            return None
+        try:
+            return termios.tcgetattr(sys.stdin.fileno())
+        except (termios.error, OSError, ValueError):
+            return None
+
+    def _restore_mode(self) -> None:
+        """Put back the settings saved at start (echo on, line mode), which
+        readline would have restored itself had input() returned."""
+        if self._saved_mode is not None:
+            try:
+                termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN,
+                                  self._saved_mode)
+            except (termios.error, OSError, ValueError):
+                pass
+
+
+# --- Choosing a nickname ------------------------------------------------------------
+
+
+class JoinError(Exception):
+    """Could not join the chat; ``str(error)`` says why."""
+
+
+def register(conn: Connection, terminal: Terminal,
+             nick: Optional[str]) -> Optional[str]:
+    """Choose a nickname with the server and return the one it welcomed.
+
+    ``nick`` (from ``--nick`` or the first piped line) is tried first; after
+    that, or without it, the user is asked, if there is a terminal to ask
+    on. Returns None if the user gave up (Ctrl+D). Raises JoinError.
+    """
+    while True:
+        line = conn.read_line()
+        if line is None:
+            raise JoinError("the server closed the connection")
+        if protocol.welcomed_nick(line) is not None:
+            terminal.show(render(line, "", terminal.colour))
+            return protocol.welcomed_nick(line)
+        if line == protocol.format_nick_prompt():
+            if nick is None:
+                if not terminal.interactive:
+                    raise JoinError("no nickname accepted")
+                nick = terminal.ask(sanitize(line[len(protocol.NOTICE):])
+                                    + " ")
+                if nick is None:
+                    return None
+            conn.send_line(nick)
+            nick = None  # if refused, ask next time
+        elif not terminal.interactive and line.startswith(protocol.ERROR):
+            # Nobody to ask for another nickname: give up with the reason.
+            raise JoinError(sanitize(line[len(protocol.ERROR):]))
+        else:
+            terminal.show(render(line, "", terminal.colour))
+
+
+# --- Chatting -------------------------------------------------------------------------
+
+
+class ChatState:
+    """What the reader thread learns from the server that the main thread
+    needs too: who plain lines go to, and whether the server answered."""
+
+    def __init__(self, nick: str) -> None:
+        self.nick = nick
+        self.partner = ""  # "" means everyone
+        self.replies = 0   # partner confirmations and errors seen so far
+        self.leaving = threading.Event()  # we sent -exit
+        self.closed = threading.Event()   # the reader saw the connection end
+        self._changed = threading.Condition()
+
+    def prompt(self) -> str:
+        """``[everyone]> `` or ``[to bob]> ``."""
+        with self._changed:
+            partner = self.partner
+        return f"[to {sanitize(partner)}]> " if partner else "[everyone]> "
+
+    def note(self, line: str) -> None:
+        """Take in one server line (called by the reader thread). The
+        partner changes only when the server confirms it, so a failed
+        ``-to`` leaves it as it was."""
+        change = protocol.partner_change(line)
+        if change is None and not line.startswith(protocol.ERROR):
+            return
+        with self._changed:
+            if change is not None:
+                self.partner = change
+            self.replies += 1
+            self._changed.notify_all()
+
+    def wait_for_reply(self, seen: int, timeout: float) -> None:
+        """Wait until a reply after the first ``seen`` has come, or
+        ``timeout`` seconds have passed."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.replies != seen, timeout)
+
+
+def read_from_server(conn: Connection, terminal: Terminal,
+                     state: ChatState) -> None:
+    """The reader thread: print every line from the server until the
+    connection ends; then, unless we are leaving, end the whole program."""
+    shut_down = False
+    lost = ""
+    try:
+        while True:
+            line = conn.read_line()
+            if line is None:
+                break
+            state.note(line)
+            shut_down = shut_down or protocol.is_shutdown(line)
+            terminal.show(render(line, state.nick, terminal.colour))
+    except (OSError, protocol.FramingError) as error:
+        lost = f" ({getattr(error, 'strerror', None) or error})"
+    if state.leaving.is_set():
+        state.closed.set()  # the main thread is waiting for this
+        return
+    # The server went away on its own. The main thread is most likely
+    # blocked in input(), and there is no portable way to wake it up, so we
+    # end the process from here: restore the terminal (readline had changed
+    # its settings and will not get to put them back), flush the output and
+    # exit at once with os._exit(), which does not wait for the main thread.
+    # It is also robust: it works whatever the main thread is doing.
+    if shut_down:
+        terminal.finish(None)  # the server's notice was already printed
+        os._exit(0)
+    if lost:
+        message = "Connection to the server lost" + lost + "."
+    else:
+        message = "Disconnected: the server closed the connection."
+    terminal.finish(render(local_notice(message), "", terminal.colour))
+    os._exit(1)
+
+
+def show_help(terminal: Terminal) -> None:
+    """-help, answered locally so it works even if the server is gone."""
+    terminal.show_lines([render(line, "", terminal.colour)
+                         for line in protocol.format_help()])
+
+
+def handle_line(line: str, conn: Connection, terminal: Terminal,
+                state: ChatState) -> bool:
+    """Act on one typed line; False when the user asked to leave."""
+    if not line.strip():
+        return True  # nothing to say
+    try:
+        command: Optional[protocol.Command] = protocol.parse_command(line)
+    except protocol.CommandError:
+        command = None  # send it anyway: the server explains what is wrong
+    if command is not None and command.name == "help":
+        show_help(terminal)
+        return True
+    if command is not None and command.name == "exit":
+        return False
+    if command is not None and command.name == "admin":
+        terminal.forget_last_line()
+    # "-to NICK" and "-all" change who plain lines go to; wait for the
+    # server's answer so that the next prompt shows the right partner.
+    changes_partner = (command is not None and command.name in ("to", "all")
+                       and not command.text)
+    seen = state.replies
+    conn.send_line(line)
+    if changes_partner:
+        state.wait_for_reply(seen, REPLY_TIMEOUT)
+    return True
+
+
+def chat(conn: Connection, terminal: Terminal, state: ChatState) -> None:
+    """The main loop: read lines from the user and send them, until the
+    user leaves (``-exit``, Ctrl+D, Ctrl+C, or the end of piped input)."""
+    try:
+        while True:
+            line = terminal.read_line(state.prompt())
+            if line is None or not handle_line(line, conn, terminal, state):
+                return
+    except KeyboardInterrupt:
+        return
+
+
+def leave(conn: Connection, state: ChatState) -> None:
+    """Say goodbye: send -exit and wait briefly for the server to answer
+    and close the connection (the reader thread prints the goodbye)."""
+    state.leaving.set()
+    try:
+        conn.send_line("-exit")
+        state.closed.wait(LEAVE_TIMEOUT)
+    except OSError:
+        pass  # the connection is already gone: nothing to wait for
+
+
+# --- Command line ---------------------------------------------------------------------
+
+
+def port_number(text: str) -> int:
+    """argparse type for a TCP port."""
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError("a port is a number from 1 to 65535")
+    return port
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    width = max(len(usage) for usage, _ in protocol.HELP)
+    commands = "\n".join(f"  {usage.ljust(width)}  {what}"
+                         for usage, what in protocol.HELP)
+    parser = argparse.ArgumentParser(
+        description="Chat in the terminal with the users of a chat server.",
+        epilog="commands, once in the chat:\n" + commands,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--host", default=protocol.DEFAULT_HOST,
+        help="name or address of the chat server (default %(default)s)")
+    parser.add_argument(
+        "--port", type=port_number, default=protocol.DEFAULT_PORT,
+        help="TCP port of the chat server (default %(default)s)")
+    parser.add_argument(
+        "--nick",
+        help="nickname to join with; without it you are asked (or, when"
+             " input is piped, its first line is the nickname)")
+    return parser.parse_args(argv)
+
+
+def fail(message: str) -> int:
+    """Report a fatal problem in one line on stderr; the exit status."""
+    print(f"client.py: {message}", file=sys.stderr, flush=True)
+    return 1
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the client; returns the exit status."""
+    args = parse_args(argv)
+    terminal = Terminal(interactive=sys.stdin.isatty(),
+                        colour=wants_colour(sys.stdout))
+    nick = args.nick
+    if nick is None and not terminal.interactive:
+        nick = terminal.read_line("")  # piped: the first line is the nick
+        if nick is None:
+            return fail("no nickname: the input is empty")
+        nick = nick.strip()
+    try:
+        conn = connect(args.host, args.port)
+    except OSError as error:
+        return fail(str(error))
+    try:
+        try:
+            nick = register(conn, terminal, nick)
+        except KeyboardInterrupt:
+            return 0
+        except JoinError as error:
+            return fail(f"cannot join the chat: {error}")
+        except OSError as error:
+            return fail(f"connection lost: {error.strerror or error}")
+        if nick is None:
+            return 0
+        state = ChatState(nick)
+        reader = threading.Thread(target=read_from_server, name="reader",
+                                  args=(conn, terminal, state), daemon=True)
+        reader.start()
+        try:
+            chat(conn, terminal, state)
+            leave(conn, state)
+        except OSError:
+            pass  # sending failed: the reader thread reports the loss
+        except KeyboardInterrupt:
+            pass  # a second Ctrl+C while leaving: just go
+        state.leaving.set()
+    finally:
+        conn.close()
+    # The socket is closed, so the reader thread returns promptly; wait for
+    # it so that it is not cut off halfway through printing.
+    reader.join(LEAVE_TIMEOUT)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

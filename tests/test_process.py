@@ -1,0 +1,162 @@
+"""server.py as a real process: it starts, logs, and stops cleanly with exit
+status 0 on 'down server', SIGINT and SIGTERM, after telling every user."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import protocol
+from conftest import ADMIN_PASSWORD, DEADLINE, LineClient, ROOT
+
+
+class ServerProcess:
+    """``python3 server.py`` on a free port; its log collected in a thread."""
+
+    def __init__(self, *args: str, env=None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, "server.py"), "--port", "0",
+             *args],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, env=env)
+        self.log = []
+        self._listening = threading.Event()
+        self.port = 0
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._listening.wait(DEADLINE):
+            self.kill()
+            raise AssertionError(f"server did not start: {self.log}")
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.log.append(line.rstrip("\n"))
+            found = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+            if found:
+                self.port = int(found.group(1))
+                self._listening.set()
+
+    def connect(self, nick: str) -> LineClient:
+        return LineClient(("127.0.0.1", self.port)).register(nick)
+
+    def wait(self) -> int:
+        return self.proc.wait(DEADLINE)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(DEADLINE)
+
+
+@pytest.fixture
+def start_server():
+    started = []
+
+    def start(*args: str, env=None) -> ServerProcess:
+        server = ServerProcess(*args, env=env)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.kill()
+
+
+def users(server: ServerProcess):
+    alice, bob = server.connect("alice"), server.connect("bob")
+    alice.expect(protocol.format_joined("bob"))
+    return alice, bob
+
+
+def test_down_server_exits_zero(start_server):
+    server = start_server("--admin-password", ADMIN_PASSWORD)
+    alice, bob = users(server)
+    alice.send(f"-admin {ADMIN_PASSWORD}")
+    alice.next_is(protocol.format_admin_granted())
+    alice.send("down server")
+    notice = protocol.format_shutdown("by admin alice")
+    assert alice.wait_closed()[-1] == notice
+    assert bob.wait_closed()[-1] == notice
+    assert server.wait() == 0
+    log = "\n".join(server.log)
+    assert "alice (127.0.0.1:" in log and "is now an admin" in log
+    assert ADMIN_PASSWORD not in log
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_exits_zero_after_notice(start_server, signum):
+    server = start_server("--admin-password", ADMIN_PASSWORD)
+    alice, bob = users(server)
+    server.proc.send_signal(signum)
+    notice = protocol.format_shutdown(f"{signum.name} at the server")
+    assert alice.wait_closed()[-1] == notice
+    assert bob.wait_closed()[-1] == notice
+    assert server.wait() == 0
+
+
+def test_password_from_environment(start_server):
+    env = dict(os.environ, CHAT_ADMIN_PASSWORD="from-env")
+    server = start_server(env=env)
+    alice = server.connect("alice")
+    alice.send("-admin from-env")
+    alice.next_is(protocol.format_admin_granted())
+
+
+def test_random_password_printed_on_console_only(start_server):
+    env = {k: v for k, v in os.environ.items() if k != "CHAT_ADMIN_PASSWORD"}
+    server = start_server(env=env)
+    printed = [line for line in server.log if "Admin password" in line]
+    assert len(printed) == 1
+    password = printed[0].rsplit(" ", 1)[1]
+    alice = server.connect("alice")
+    alice.send(f"-admin {password}")
+    alice.next_is(protocol.format_admin_granted())
+    alice.send("down server")
+    alice.wait_closed()
+    assert server.wait() == 0
+    assert sum(password in line for line in server.log) == 1
+
+
+def test_log_has_timestamps_and_events(start_server):
+    server = start_server("--admin-password", ADMIN_PASSWORD)
+    alice, bob = users(server)
+    bob.send("-exit")
+    bob.wait_closed()
+    alice.expect(protocol.format_left("bob"))
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.wait() == 0
+    stamp = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
+    for event in ("listening on", ": connected", "registered as bob",
+                  "bob (127.0.0.1:", "shutting down"):
+        assert any(event in line and re.match(stamp, line)
+                   for line in server.log), event
+
+
+def test_port_in_use_is_one_clear_line():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "server.py"), "--port",
+             str(port), "--admin-password", "x"],
+            capture_output=True, text=True, timeout=DEADLINE)
+    assert done.returncode == 1
+    assert "cannot listen" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_help_explains_options():
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "server.py"),
+                           "--help"], capture_output=True, text=True,
+                          timeout=DEADLINE)
+    for option in ("--host", "--port", "--admin-password", "--verbose",
+                   "--max-line", "--outbox-limit", "--rate-limit",
+                   "--rate-burst", "--max-clients", "--register-timeout"):
+        assert option in done.stdout
