@@ -516,14 +516,12 @@ class ChatHandler(socketserver.BaseRequestHandler):
         """The frame's text, or None after telling the user what was
         wrong with it."""
         if frame is protocol.OVERLONG:
-            self.reply(protocol.format_line_too_long(self.framer.max_line))
-            log.debug("%s: line too long", self.session.name)
+            self.refuse(protocol.format_line_too_long(self.framer.max_line))
             return None
         try:
             return protocol.decode_line(frame)  # type: ignore[arg-type]
         except protocol.ProtocolError as error:
-            self.reply(protocol.format_error(str(error)))
-            log.debug("%s: %s", self.session.name, error)
+            self.refuse(protocol.format_error(str(error)))
             return None
 
     # -- Writing
@@ -533,6 +531,12 @@ class ChatHandler(socketserver.BaseRequestHandler):
         self.session.outbox.put(
             b"".join(protocol.encode_line(text) for text in lines))
         self.touched.add(self.session.outbox)
+
+    def refuse(self, error: str) -> None:
+        """Send an error line to this user, and log it once."""
+        log.info("%s (%s): %s", self.session.nick or "-", self.session.name,
+                 error[len(protocol.ERROR):])
+        self.reply(error)
 
     def tell(self, other: Session, text: str) -> None:
         """Queue a line for another user."""
@@ -575,10 +579,10 @@ class ChatHandler(socketserver.BaseRequestHandler):
         """Register ``nick`` if it is valid and free, else say why not."""
         reason = protocol.nick_error(nick)
         if reason:
-            self.reply(protocol.format_nick_refused(nick, reason))
+            self.refuse(protocol.format_nick_refused(nick, reason))
             return False
         if not self.server.join(self.session, nick):
-            self.reply(protocol.format_nick_taken(nick))
+            self.refuse(protocol.format_nick_taken(nick))
             return False
         self.touched.add(self.session.outbox)  # the welcome join() queued
         return True
@@ -592,7 +596,7 @@ class ChatHandler(socketserver.BaseRequestHandler):
         try:
             command = protocol.parse_command(line)
         except protocol.CommandError as error:
-            self.reply(protocol.format_error(str(error)))
+            self.refuse(protocol.format_error(str(error)))
             return
         log.debug("%s: -%s", self.session.nick, command.name)
         getattr(self, "do_" + command.name)(command)
@@ -603,7 +607,7 @@ class ChatHandler(socketserver.BaseRequestHandler):
         if partner is None:
             self.broadcast(command.text)
         elif not partner.online:
-            self.reply(protocol.format_partner_gone(partner.nick))
+            self.refuse(protocol.format_partner_gone(partner.nick))
         else:
             self.tell(partner, protocol.format_private(
                 self.session.nick, command.text))
@@ -645,7 +649,7 @@ class ChatHandler(socketserver.BaseRequestHandler):
             self.reply(protocol.format_admin_granted())
             return
         if session.admin_tries >= protocol.ADMIN_MAX_TRIES:
-            self.reply(protocol.format_admin_locked())
+            self.refuse(protocol.format_admin_locked())
             return
         if self.server.check_password(command.target):
             session.is_admin = True
@@ -661,7 +665,7 @@ class ChatHandler(socketserver.BaseRequestHandler):
 
     def do_kick(self, command: Command) -> None:
         if not self.session.is_admin:
-            self.reply(protocol.format_admin_only("kick users"))
+            self.refuse(protocol.format_admin_only("kick users"))
             return
         target = self.find_other(command.target)
         if target is not None:
@@ -669,9 +673,7 @@ class ChatHandler(socketserver.BaseRequestHandler):
 
     def do_down(self, command: Command) -> None:
         if not self.session.is_admin:
-            log.warning("%s (%s): 'down server' refused, not an admin",
-                        self.session.nick, self.session.name)
-            self.reply(protocol.format_admin_only("shut the server down"))
+            self.refuse(protocol.format_admin_only("shut the server down"))
             return
         self.flush()
         self.server.stop(f"by admin {self.session.nick}")
@@ -684,9 +686,9 @@ class ChatHandler(socketserver.BaseRequestHandler):
         the user why."""
         target = self.server.registry.find(nick)
         if target is None:
-            self.reply(protocol.format_no_such_user(nick))
+            self.refuse(protocol.format_no_such_user(nick))
         elif target is self.session:
-            self.reply(protocol.format_not_yourself())
+            self.refuse(protocol.format_not_yourself())
         else:
             return target
         return None
@@ -695,7 +697,7 @@ class ChatHandler(socketserver.BaseRequestHandler):
         if not self.server.broadcast(
                 protocol.format_message(self.session.nick, text),
                 exclude=self.session, touched=self.touched):
-            self.reply(protocol.format_nobody_else())
+            self.refuse(protocol.format_nobody_else())
 
 
 def configure_socket(sock: socket.socket) -> None:

@@ -262,11 +262,13 @@ def test_nick_race_has_one_winner(make_server):
             client.expect(protocol.format_nick_prompt())
         barrier = threading.Barrier(len(clients))
 
-        def claim(client: LineClient) -> None:
+        def claim(client: LineClient, nick: str,
+                  barrier: threading.Barrier) -> None:
             barrier.wait()
             client.send(nick)
 
-        threads = [threading.Thread(target=claim, args=(c,)) for c in clients]
+        threads = [threading.Thread(target=claim, args=(c, nick, barrier))
+                   for c in clients]
         for thread in threads:
             thread.start()
         for thread in threads:

@@ -1,0 +1,317 @@
+"""Unit tests for client.py: the sanitiser, rendering, and the small pieces
+of state that need no terminal (prompt, partner tracking, connect errors)."""
+
+from __future__ import annotations
+
+import io
+import socket
+
+import pytest
+
+import client
+import protocol
+from client import render, sanitize
+
+ESC = "\x1b"
+
+
+# --- sanitize ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attack", [
+    "\x1b]0;pwned\x07",            # OSC: set the window title, BEL-terminated
+    "\x1b]0;pwned\x1b\\",          # ... ST-terminated
+    "\x9d0;pwned\x9c",             # ... in its 8-bit C1 form
+    "\x1b[2J",                     # CSI: clear the screen
+    "\x1b[H",                      # CSI: cursor home
+    "\x1b[10;20H",                 # CSI: move the cursor
+    "\x1b[31m",                    # CSI: colour
+    "\x1b[?1049h",                 # CSI: private mode (alternate screen)
+    "\x9b2J",                      # CSI in its 8-bit C1 form
+    "\x1bc",                       # RIS: reset the terminal
+    "\x1bPq#0;2;0;0;0\x1b\\",      # DCS (sixel)
+    "\x1b_payload\x1b\\",          # APC
+])
+def test_escape_sequences_are_removed_whole(attack: str) -> None:
+    assert sanitize(f"before{attack}after") == "beforeafter"
+
+
+def test_unterminated_string_sequence_runs_to_the_end_of_line() -> None:
+    # A terminal would swallow the rest of the line too, so nothing is lost.
+    assert sanitize("before\x1b]2;pwned and more") == "before"
+
+
+def test_no_control_character_survives() -> None:
+    every_control = "".join(chr(c) for c in range(0x20) if c != 0x09) \
+        + "\x7f" + "".join(chr(c) for c in range(0x80, 0xA0))
+    result = sanitize(every_control)
+    assert not any(ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F for ch in result)
+
+
+@pytest.mark.parametrize("raw, shown", [
+    ("ding\x07", "ding^G"),        # BEL would ring the bell
+    ("a\x7fb", "a^?b"),            # DEL
+    ("over\rwrite", "over^Mwrite"),  # CR would let text overwrite the line
+    ("a\x08b", "a^Hb"),            # backspace
+    ("a\x00b", "a^@b"),            # NUL
+    ("x\x1b", "x^["),              # a lone ESC at the end
+    ("x\x85y", "x^[Ey"),           # C1 NEL, shown as its 7-bit form
+])
+def test_stray_controls_are_shown_in_caret_notation(raw: str,
+                                                    shown: str) -> None:
+    assert sanitize(raw) == shown
+
+
+def test_nested_escape_cannot_rebuild_a_sequence() -> None:
+    result = sanitize("\x1b\x1b[2J[2J")
+    assert ESC not in result
+
+
+@pytest.mark.parametrize("bidi", [
+    "\u202a", "\u202b", "\u202c", "\u202d", "\u202e",  # embeddings/overrides
+    "\u2066", "\u2067", "\u2068", "\u2069",            # isolates
+])
+def test_bidi_overrides_and_isolates_are_removed(bidi: str) -> None:
+    assert sanitize(f"abc{bidi}def") == "abcdef"
+
+
+@pytest.mark.parametrize("text", [
+    "Привет, мир!",
+    "emoji 👋🏽 and 👨‍👩‍👧 family",
+    "tab\tseparated",
+    "日本語のテキスト",
+    "שלום \u200f mark kept",
+    "plain ASCII: ~!@#$%^&*()_+{}|:\"<>?[];',./`",
+])
+def test_printable_text_is_kept(text: str) -> None:
+    assert sanitize(text) == text
+
+
+# --- render --------------------------------------------------------------------
+
+
+LINES = {
+    "message": "bob: hello there",
+    "private": "[private] bob: psst",
+    "notice": "* bob joined the chat",
+    "error": "! no such user: carol; type -users to see who is online",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(LINES))
+def test_render_without_colour_is_the_line(kind: str) -> None:
+    assert render(LINES[kind], "alice", colour=False) == LINES[kind]
+
+
+def test_render_without_colour_has_no_escape() -> None:
+    for line in LINES.values():
+        assert ESC not in render(line + " alice", "alice", colour=False)
+
+
+def _without_styles(text: str) -> str:
+    return client._ESCAPE_SEQUENCE_RE.sub("", text)
+
+
+@pytest.mark.parametrize("kind", sorted(LINES))
+def test_render_with_colour_keeps_the_text(kind: str) -> None:
+    rendered = render(LINES[kind], "alice", colour=True)
+    assert ESC in rendered
+    assert _without_styles(rendered) == LINES[kind]
+    assert rendered.rindex(client.RESET) > rendered.rindex(ESC) - 1
+
+
+def test_each_kind_has_its_own_colour() -> None:
+    styles = {kind: render(line, "alice", colour=True)
+              for kind, line in LINES.items()}
+    assert styles["notice"].startswith(client.NOTICE_STYLE)
+    assert styles["error"].startswith(client.ERROR_STYLE)
+    assert styles["private"].startswith(client.PRIVATE_STYLE)
+    assert styles["message"].startswith(client.BOLD + "bob" + client.RESET)
+    starts = {kind: text[:text.index("m") + 1] for kind, text in styles.items()}
+    assert len(set(starts.values())) == len(starts)
+
+
+def test_mention_of_my_nick_is_highlighted() -> None:
+    rendered = render("bob: hi Alice, how are you?", "alice", colour=True)
+    assert client.MENTION_STYLE + "Alice" + client.RESET in rendered
+    assert _without_styles(rendered) == "bob: hi Alice, how are you?"
+
+
+def test_mention_in_private_returns_to_private_colour() -> None:
+    rendered = render("[private] bob: alice?", "alice", colour=True)
+    assert (client.MENTION_STYLE + "alice" + client.RESET
+            + client.PRIVATE_STYLE) in rendered
+
+
+def test_mention_is_a_whole_word_only() -> None:
+    rendered = render("bob: malice and alicex", "alice", colour=True)
+    assert client.MENTION_STYLE not in rendered
+
+
+def test_my_own_nick_in_my_own_message_is_not_highlighted() -> None:
+    rendered = render("alice: I am alice", "alice", colour=True)
+    assert client.MENTION_STYLE not in rendered
+
+
+def test_mention_without_colour_is_plain() -> None:
+    assert render("bob: hi alice", "alice", colour=False) == "bob: hi alice"
+
+
+def test_render_sanitises_before_colouring() -> None:
+    rendered = render("bob: \x1b]0;pwned\x07hi \x1b[2Jalice", "alice",
+                      colour=True)
+    assert "pwned" not in rendered
+    assert "\x07" not in rendered
+    assert "[2J" not in rendered
+    assert _without_styles(rendered) == "bob: hi alice"
+
+
+def test_render_sanitises_without_colour() -> None:
+    assert render("bob: \x1b[2Jboo\x07", "alice", colour=False) == \
+        "bob: boo^G"
+
+
+def test_a_peer_cannot_forge_a_notice_colour() -> None:
+    # A nickname cannot start with "*", so "bob: * x" stays a message.
+    rendered = render("bob: * fake notice", "alice", colour=True)
+    assert rendered.startswith(client.BOLD)
+
+
+# --- colour choice -------------------------------------------------------------
+
+
+class _FakeTty(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self._tty = tty
+
+    def isatty(self) -> bool:
+        return self._tty
+
+
+def test_colour_only_on_a_terminal(monkeypatch) -> None:
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm-256color")
+    monkeypatch.setattr(client.os, "name", "posix")
+    assert client.wants_colour(_FakeTty(True))
+    assert not client.wants_colour(_FakeTty(False))
+
+
+def test_no_color_and_dumb_terminal_turn_colour_off(monkeypatch) -> None:
+    monkeypatch.setenv("TERM", "xterm-256color")
+    monkeypatch.setattr(client.os, "name", "posix")
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert not client.wants_colour(_FakeTty(True))
+    monkeypatch.delenv("NO_COLOR")
+    monkeypatch.setenv("TERM", "dumb")
+    assert not client.wants_colour(_FakeTty(True))
+
+
+# --- prompt and partner ------------------------------------------------------------
+
+
+def test_prompt_follows_the_servers_confirmations() -> None:
+    state = client.ChatState("alice")
+    assert state.prompt() == "[everyone]> "
+    state.note(protocol.format_partner("bob"))
+    assert state.prompt() == "[to bob]> "
+    state.note(protocol.format_no_such_user("carol"))  # a failed -to carol
+    assert state.prompt() == "[to bob]> "
+    state.note("bob: -to carol")  # a message is not a confirmation
+    assert state.prompt() == "[to bob]> "
+    state.note(protocol.format_everyone())
+    assert state.prompt() == "[everyone]> "
+
+
+def test_replies_are_counted_for_waiting() -> None:
+    state = client.ChatState("alice")
+    seen = state.replies
+    state.note(protocol.format_joined("bob"))
+    assert state.replies == seen
+    state.note(protocol.format_error("no such user: x"))
+    assert state.replies == seen + 1
+    state.wait_for_reply(seen, timeout=0)  # returns at once: reply came
+
+
+# --- Terminal output without a terminal ------------------------------------------
+
+
+def test_terminal_show_writes_whole_lines() -> None:
+    out = io.StringIO()
+    terminal = client.Terminal(interactive=False, colour=False, out=out)
+    terminal.show("one")
+    terminal.show_lines(["two", "three"])
+    assert out.getvalue() == "one\ntwo\nthree\n"
+
+
+# --- Connection ---------------------------------------------------------------------
+
+
+def test_connection_reads_lines_across_packets() -> None:
+    ours, theirs = socket.socketpair()
+    conn = client.Connection(ours)
+    try:
+        theirs.sendall(b"* one\r\nbob: tw")
+        theirs.sendall("o \xff\n".encode("utf-8") + b"bad \xff\n")
+        theirs.shutdown(socket.SHUT_WR)
+        assert conn.read_line() == "* one"
+        assert conn.read_line() == "bob: two \xff"
+        assert conn.read_line() == "bad \ufffd"
+        assert conn.read_line() is None
+    finally:
+        conn.close()
+        theirs.close()
+
+
+def test_connect_to_a_closed_port_says_refused() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(OSError, match="refused"):
+        client.connect("127.0.0.1", port)
+
+
+def test_connect_to_an_unknown_host_says_so(monkeypatch) -> None:
+    def no_such_host(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(client.socket, "create_connection", no_such_host)
+    with pytest.raises(OSError, match="cannot find host 'nowhere.invalid'"):
+        client.connect("nowhere.invalid", 4321)
+
+
+def test_connect_sets_tcp_nodelay() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        conn = client.connect(*listener.getsockname())
+        try:
+            assert conn.sock.getsockopt(socket.IPPROTO_TCP,
+                                        socket.TCP_NODELAY)
+        finally:
+            conn.close()
+
+
+# --- Command line ------------------------------------------------------------------------
+
+
+def test_help_explains_each_option(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        client.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--host", "--port", "--nick"):
+        assert option in text
+    assert "-to NICK" in text
+
+
+def test_defaults() -> None:
+    args = client.parse_args([])
+    assert (args.host, args.port, args.nick) == (
+        protocol.DEFAULT_HOST, protocol.DEFAULT_PORT, None)
+
+
+def test_bad_port_is_refused(capsys) -> None:
+    with pytest.raises(SystemExit):
+        client.parse_args(["--port", "70000"])
+    assert "port" in capsys.readouterr().err
