@@ -488,6 +488,13 @@ def format_server_full(limit: int) -> str:
                         " later")
 
 
+def format_tls_required() -> str:
+    """Sent in plain text to a client that did not speak TLS to a TLS
+    server."""
+    return format_error("this server uses TLS; connect with a TLS client"
+                        " (client.py --tls)")
+
+
 def format_register_timeout() -> str:
     return format_error("timed out waiting for a nickname")
 
@@ -498,11 +505,6 @@ def format_line_too_long(limit: int = MAX_LINE_BYTES) -> str:
 
 def format_flooding() -> str:
     return format_error("no end of line in a megabyte; disconnecting")
-
-
-def format_outbox_overflow() -> str:
-    return format_error("disconnected: you are not reading fast enough"
-                        " (send queue exceeded)")
 
 
 # --- Reading server lines (for clients) ---------------------------------------------

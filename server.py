@@ -25,6 +25,7 @@ import secrets
 import signal
 import socket
 import socketserver
+import ssl
 import sys
 import threading
 import time
@@ -53,6 +54,8 @@ CLOSE_GRACE_SECONDS = 2.0
 ACCEPT_POLL_SECONDS = 0.05
 #: How often a large room hears who joined and left.
 ANNOUNCE_INTERVAL = 1.0
+#: Seconds a TLS client has to finish its handshake.
+TLS_HANDSHAKE_SECONDS = 10.0
 #: Environment variable that may hold the admin password.
 PASSWORD_ENV = "CHAT_ADMIN_PASSWORD"
 
@@ -65,8 +68,11 @@ _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 
 def format_address(address: Address) -> str:
-    """``127.0.0.1:4321`` or ``[::1]:4321``."""
+    """``127.0.0.1:4321`` or ``[::1]:4321``; an IPv4 client of a
+    dual-stack server (``::ffff:127.0.0.1``) is shown as IPv4."""
     host, port = address[0], address[1]
+    if host.startswith("::ffff:") and "." in host:
+        host = host[len("::ffff:"):]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
@@ -85,6 +91,8 @@ class ServerConfig:
     max_clients: int = protocol.DEFAULT_MAX_CLIENTS
     register_timeout: float = protocol.DEFAULT_REGISTER_TIMEOUT
     announce_limit: int = protocol.DEFAULT_ANNOUNCE_LIMIT
+    tls_cert: str = ""
+    tls_key: str = ""
 
 
 # --- Sending ------------------------------------------------------------------
@@ -100,33 +108,39 @@ class Outbox:
     the first time it is needed. When more than ``limit`` bytes wait, the
     peer has stopped reading: the outbox drops them, and ``on_overflow`` is
     called (it cuts the connection).
+
+    ``encode`` turns queued bytes into what goes on the wire (TLS encrypts
+    there); it is called by one thread at a time, in queue order.
     """
 
     def __init__(self, sock: socket.socket, limit: int,
-                 on_overflow: Callable[[], None]) -> None:
+                 on_overflow: Callable[[], None],
+                 encode: Optional[Callable[[bytes], bytes]] = None) -> None:
         self._sock = sock
         self._limit = limit
         self._on_overflow = on_overflow
+        self._encode = encode
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._chunks: List[bytes] = []
-        self._size = 0            # bytes queued or being sent
-        self._sending = False     # a thread is inside send(): keep order
+        self._chunks: List[bytes] = []  # queued, not yet encoded
+        self._unsent = b""        # encoded bytes the socket has not taken
+        self._size = 0            # bytes in both, for the limit
+        self._sending = False     # a thread is sending: the others wait
         self._closing = False     # no more puts; shut down once drained
-        self._done = False        # socket shut down for writing
+        self._done = False        # socket shut down: drop everything
         self._writer: Optional[threading.Thread] = None
 
     def put(self, data: bytes) -> None:
         """Queue ``data``; it leaves at the next :meth:`flush`."""
         with self._lock:
-            if self._closing or self._done:
+            if self._closing:
                 return
             self._chunks.append(data)
             self._size += len(data)
             if self._size <= self._limit:
                 return
-            self._chunks.clear()
-            self._closing = self._done = True
+            self._closing = True
+            self._shut_down()
         self._on_overflow()
 
     def send(self, data: bytes) -> None:
@@ -135,31 +149,37 @@ class Outbox:
         self.flush()
 
     def flush(self) -> None:
-        """Send what is queued, without blocking; leave the rest to the
-        writer thread."""
+        """Send what is queued, without blocking; leave what the socket
+        does not take to the writer thread."""
         with self._lock:
-            if self._sending or not self._chunks or self._done:
-                return
-            data = b"".join(self._chunks) if len(self._chunks) > 1 \
-                else self._chunks[0]
-            self._chunks.clear()
-            self._sending = True
-        sent = 0
-        if _DONTWAIT:
-            try:
-                sent = self._sock.send(data, _DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                pass
-            except OSError:
-                sent = len(data)  # the reader will see the error and leave
-        with self._lock:
-            self._sending = False
-            self._size -= sent
-            if sent < len(data):
-                self._chunks.insert(0, data[sent:])
-                self._start_writer()
-            elif self._closing and not self._chunks:
-                self._shut_down()
+            if self._sending or self._unsent or not self._chunks:
+                return  # nothing to do, or another thread's job
+            data = self._take()
+        while True:
+            sent = 0
+            if _DONTWAIT:
+                try:
+                    sent = self._sock.send(data, _DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    pass
+                except OSError:
+                    sent = len(data)  # the reader sees the error and leaves
+            with self._lock:
+                self._size -= sent
+                if sent < len(data):
+                    self._sending = False
+                    self._unsent = data[sent:]
+                    self._start_writer()
+                    return
+                if not self._chunks:
+                    # Others may have queued while this thread sent; their
+                    # flush() left it to this one, so only stop when empty.
+                    self._sending = False
+                    if self._closing:
+                        self._shut_down()
+                    self._wake.notify_all()
+                    return
+                data = self._take()
 
     def close(self) -> None:
         """Take no more data; shut the socket down once what is queued has
@@ -168,7 +188,7 @@ class Outbox:
             if self._closing:
                 return
             self._closing = True
-            if self._chunks or self._sending:
+            if self._chunks or self._unsent or self._sending:
                 # A peer that does not read must not hold the writer forever.
                 self._sock.settimeout(CLOSE_GRACE_SECONDS)
                 self._start_writer()
@@ -179,7 +199,7 @@ class Outbox:
         """Wait until all queued data has left; False on timeout."""
         deadline = time.monotonic() + timeout
         with self._lock:
-            while self._chunks or self._sending:
+            while self._chunks or self._unsent or self._sending:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -191,8 +211,21 @@ class Outbox:
         """Bytes waiting to be sent."""
         return self._size
 
+    def _take(self) -> bytes:
+        # With the lock held: claim the right to send, and what to send.
+        self._sending = True
+        data = self._chunks[0] if len(self._chunks) == 1 \
+            else b"".join(self._chunks)
+        self._chunks.clear()
+        if self._encode is not None:
+            encoded = self._encode(data)
+            self._size += len(encoded) - len(data)
+            data = encoded
+        data, self._unsent = self._unsent + data, b""
+        return data
+
     def _start_writer(self) -> None:
-        # Called with the lock held.
+        # With the lock held.
         if self._writer is None:
             self._writer = threading.Thread(
                 target=self._write_loop, name="writer", daemon=True)
@@ -200,9 +233,11 @@ class Outbox:
         self._wake.notify_all()
 
     def _shut_down(self) -> None:
-        # Called with the lock held: wakes a reader blocked in recv().
+        # With the lock held: also wakes a reader blocked in recv().
         self._done = True
         self._chunks.clear()
+        self._unsent = b""
+        self._size = 0
         self._wake.notify_all()
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
@@ -210,19 +245,19 @@ class Outbox:
             pass
 
     def _write_loop(self) -> None:
-        """Send what the non-blocking path could not, blocking as needed."""
+        """Send, blocking as needed, what the non-blocking path left."""
         while True:
             with self._lock:
-                while not self._done and (self._sending or not self._chunks):
-                    if self._closing and not self._chunks and not self._sending:
+                while not self._done and (
+                        self._sending
+                        or not (self._chunks or self._unsent)):
+                    if self._closing and not self._sending:
                         self._shut_down()
-                        return
-                    self._wake.wait()
+                    else:
+                        self._wake.wait()
                 if self._done:
                     return
-                data = b"".join(self._chunks)
-                self._chunks.clear()
-                self._sending = True
+                data = self._take()
             try:
                 self._sock.sendall(data)
                 failed = False
@@ -235,6 +270,80 @@ class Outbox:
                 if failed:
                     self._shut_down()
                     return
+
+
+class TLSLayer:
+    """TLS for one connection, kept apart from its socket.
+
+    OpenSSL must not be used by two threads at once, yet the reader thread
+    decrypts while senders encrypt. So the socket stays a plain TCP socket
+    (the outbox's non-blocking send keeps working), and TLS runs over
+    memory buffers behind one lock: :meth:`decrypt` what ``recv`` returned,
+    :meth:`encrypt` what is about to be sent.
+    """
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._incoming, self._outgoing,
+                                     server_side=True)
+        self._lock = threading.Lock()
+
+    def handshake(self, sock: socket.socket, timeout: float) -> None:
+        """Complete the handshake over ``sock`` (blocking) within
+        ``timeout`` seconds; raises OSError (ssl.SSLError, socket.timeout)
+        or ConnectionError."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                try:
+                    self._tls.do_handshake()
+                    done = True
+                except ssl.SSLWantReadError:
+                    done = False
+                reply = self._outgoing.read()
+            if reply:
+                sock.sendall(reply)
+            if done:
+                return
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            data = sock.recv(RECV_BYTES)
+            if not data:
+                raise ConnectionError("closed during the TLS handshake")
+            self._incoming.write(data)
+
+    def decrypt(self, data: bytes) -> Optional[bytes]:
+        """The plain text in ``data`` (possibly none yet), or None once
+        the peer has closed TLS. Raises ssl.SSLError on a broken stream."""
+        with self._lock:
+            self._incoming.write(data)
+            pieces = []
+            while True:
+                try:
+                    piece = self._tls.read(RECV_BYTES)
+                except ssl.SSLWantReadError:
+                    break
+                except ssl.SSLZeroReturnError:
+                    return None
+                if not piece:
+                    break
+                pieces.append(piece)
+            return b"".join(pieces)
+
+    def encrypt(self, data: bytes) -> bytes:
+        """The bytes to send for ``data``, with any TLS messages pending."""
+        with self._lock:
+            if data:
+                self._tls.write(data)
+            return self._outgoing.read()
+
+
+def make_tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """A server context: TLS 1.2 or newer, with the given certificate."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
 
 
 class TokenBucket:
@@ -270,11 +379,13 @@ class Session:
     """One connection: its socket, outbox and chat state."""
 
     def __init__(self, sock: socket.socket, address: Address,
-                 outbox_limit: int) -> None:
+                 outbox_limit: int, tls: Optional[TLSLayer] = None) -> None:
         self.sock = sock
         self.address = address
         self.name = format_address(address)
-        self.outbox = Outbox(sock, outbox_limit, self._overflowed)
+        self.tls = tls
+        self.outbox = Outbox(sock, outbox_limit, self._overflowed,
+                             tls.encrypt if tls else None)
         self.nick = ""
         self.is_admin = False
         self.admin_tries = 0
@@ -283,16 +394,9 @@ class Session:
         self.close_reason = ""    # why the server cut it, for the log
 
     def _overflowed(self) -> None:
+        # The outbox has shut the socket down; the reader thread wakes up
+        # and ends the session. The peer is not reading, so no line is sent.
         self.close_reason = "send queue exceeded"
-        try:
-            self.sock.send(protocol.encode_line(
-                protocol.format_outbox_overflow()), _DONTWAIT)
-        except OSError:
-            pass
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
     def send_line(self, text: str) -> None:
         """Send one line now (a reply to this user)."""
@@ -452,8 +556,10 @@ class ChatHandler(socketserver.BaseRequestHandler):
     def setup(self) -> None:
         sock: socket.socket = self.request
         configure_socket(sock)
+        context = self.server.tls_context
         self.session = Session(sock, self.client_address,
-                               self.server.config.outbox_limit)
+                               self.server.config.outbox_limit,
+                               TLSLayer(context) if context else None)
         self.framer = protocol.LineFramer(self.server.config.max_line)
         self.bucket = TokenBucket(self.server.config.rate_limit,
                                   self.server.config.rate_burst)
@@ -462,6 +568,9 @@ class ChatHandler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         session = self.session
         if not self.server.connected(session):
+            return
+        if session.tls and not self.handshake():
+            self.server.disconnected(session)
             return
         # One stream of frames for the whole connection: lines that arrive
         # together with the nickname belong to the chat that follows.
@@ -489,6 +598,24 @@ class ChatHandler(socketserver.BaseRequestHandler):
         # lines (goodbye, errors, the shutdown notice) leave first.
         self.session.outbox.wait_drained(CLOSE_GRACE_SECONDS)
 
+    def handshake(self) -> bool:
+        """The TLS handshake, here in the connection's own thread so that a
+        slow or broken one holds up nobody else."""
+        session = self.session
+        try:
+            session.tls.handshake(session.sock, TLS_HANDSHAKE_SECONDS)
+            session.sock.settimeout(None)
+            return True
+        except (OSError, ValueError) as error:
+            session.close_reason = f"TLS handshake failed: {error}"
+            # Most likely a plain-text client: tell it in plain text.
+            try:
+                session.sock.send(protocol.encode_line(
+                    protocol.format_tls_required()), _DONTWAIT)
+            except OSError:
+                pass
+            return False
+
     # -- Reading
 
     def frames(self) -> Iterator[Frame]:
@@ -499,12 +626,17 @@ class ChatHandler(socketserver.BaseRequestHandler):
             self.flush()
             try:
                 data = sock.recv(RECV_BYTES)
+                if data and self.session.tls:
+                    data = self.session.tls.decrypt(data)
             except socket.timeout:
                 raise  # the registration deadline; register() handles it
-            except OSError:
+            except OSError as error:  # reset, or a broken TLS stream
+                self.session.close_reason = str(error)
                 return
             if not data:
-                return
+                if data is None or not self.session.tls:
+                    return  # the peer closed the connection
+                continue  # TLS: no complete record yet
             for frame in self.framer.feed(data):
                 pause = self.bucket.delay()
                 if pause:
@@ -740,6 +872,8 @@ class ChatServer(socketserver.ThreadingTCPServer):
         self._stopping = False
         self._stopped = threading.Event()
         self._accepting = False
+        self.tls_context = (make_tls_context(config.tls_cert, config.tls_key)
+                            if config.tls_cert else None)
         raise_open_file_limit()
         threading.stack_size(THREAD_STACK_BYTES)
         family = socket.getaddrinfo(config.host or None, config.port,
@@ -775,7 +909,11 @@ class ChatServer(socketserver.ThreadingTCPServer):
         self._accepting = True
         threading.Thread(target=self.serve_forever, name="accept",
                          daemon=True).start()
-        log.info("listening on %s", format_address(self.server_address))
+        self.log_listening()
+
+    def log_listening(self) -> None:
+        log.info("listening on %s%s", format_address(self.server_address),
+                 " (TLS)" if self.tls_context else "")
 
     def stop(self, reason: str = "") -> None:
         """Stop accepting, give every user the shutdown notice after what
@@ -977,6 +1115,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         help="rooms up to N users hear each join and leave as it happens;"
              " larger rooms get one summary line a second"
              " (default %(default)s)")
+    add("--tls-cert", default="", metavar="FILE",
+        help="certificate (PEM) to serve TLS with; needs --tls-key")
+    add("--tls-key", default="", metavar="FILE",
+        help="private key (PEM) for --tls-cert")
     add("-v", "--verbose", action="store_true",
         help="log every command (never its text or passwords)")
     args = parser.parse_args(argv)
@@ -985,6 +1127,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.rate_limit < 0 or args.register_timeout <= 0:
         parser.error("--rate-limit must be >= 0, --register-timeout > 0")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
     return args
 
 
@@ -1004,9 +1148,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         max_line=args.max_line, outbox_limit=args.outbox_limit,
         rate_limit=args.rate_limit, rate_burst=args.rate_burst,
         max_clients=args.max_clients, register_timeout=args.register_timeout,
-        announce_limit=args.announce_limit)
+        announce_limit=args.announce_limit, tls_cert=args.tls_cert,
+        tls_key=args.tls_key)
     try:
         server = ChatServer(config)
+    except ssl.SSLError as error:
+        log.error("cannot use the TLS certificate or key: %s", error)
+        return 1
     except OSError as error:
         log.error("cannot listen on %s port %s: %s", args.host, args.port,
                   error.strerror or error)
@@ -1021,7 +1169,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    log.info("listening on %s", format_address(server.server_address))
+    server.log_listening()
     server.serve_forever()
     server.wait_stopped(CLOSE_GRACE_SECONDS * 3)
     return 0
