@@ -868,6 +868,7 @@ class ChatServer(socketserver.ThreadingTCPServer):
         self._password = (config.admin_password.encode(protocol.ENCODING)
                           if config.admin_password else b"")
         self._connections: Set[Session] = set()
+        self._connection_count = 0  # including those not yet in the set
         self._connections_lock = threading.Lock()
         self._stopping = False
         self._stopped = threading.Event()
@@ -955,10 +956,13 @@ class ChatServer(socketserver.ThreadingTCPServer):
 
     def process_request(self, request: socket.socket,
                         client_address: Address) -> None:
-        # Refuse a connection over the limit here, in the accept loop: a
-        # short non-blocking send to a new socket cannot block.
+        # Count connections here, in the accept loop, so a burst of them
+        # cannot overshoot the limit; refusing needs one short non-blocking
+        # send to a new socket, which cannot block.
         with self._connections_lock:
-            full = len(self._connections) >= self.config.max_clients
+            full = self._connection_count >= self.config.max_clients
+            if not full:
+                self._connection_count += 1
         if full:
             log.warning("%s: refused, server full",
                         format_address(client_address))
@@ -969,14 +973,28 @@ class ChatServer(socketserver.ThreadingTCPServer):
                 pass
             self.shutdown_request(request)
             return
-        super().process_request(request, client_address)
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread could be started for it
+            self._count_out()
+            raise
+
+    def process_request_thread(self, request: socket.socket,
+                               client_address: Address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._count_out()
+
+    def _count_out(self) -> None:
+        with self._connections_lock:
+            self._connection_count -= 1
 
     def connected(self, session: Session) -> bool:
-        """Count a new connection in; False when the server is stopping or
-        full (the connection is then closed)."""
+        """Note a new connection, so that :meth:`stop` can reach it; False
+        when the server is already stopping."""
         with self._connections_lock:
-            if self._stopping or \
-                    len(self._connections) >= self.config.max_clients:
+            if self._stopping:
                 return False
             self._connections.add(session)
         log.info("%s: connected", session.name)
