@@ -19,17 +19,25 @@ The wire protocol (lines of UTF-8 text) lives in ``protocol.py``.
 from __future__ import annotations
 
 import argparse
+import locale
 import os
 import re
 import shutil
+import signal
 import socket
 import sys
 import threading
+import unicodedata
 from collections import deque
 from types import ModuleType
 from typing import Deque, List, Optional, Sequence, TextIO
 
 import protocol
+
+try:  # used to find where readline's cursor is; missing on a few systems
+    import ctypes
+except ImportError:
+    ctypes = None  # type: ignore[assignment]
 
 try:  # Unix only; used to put the terminal back before a hard exit.
     import termios
@@ -50,7 +58,7 @@ MAX_SERVER_LINE = 1024 * 1024
 MAX_SERVER_DISCARD = 16 * 1024 * 1024
 
 
-# --- Making received text safe to show ------------------------------------------
+# --- Making received text safe to show ---------------------------------------
 #
 # A terminal obeys escape sequences found in the text it prints: "ESC [ 2 J"
 # clears the screen, "ESC ] 0 ; title BEL" sets the window title, BEL rings
@@ -105,7 +113,7 @@ def sanitize(text: str) -> str:
     return _BIDI_RE.sub("", text)
 
 
-# --- Rendering lines, with or without colour ----------------------------------------
+# --- Rendering lines, with or without colour ---------------------------------
 
 RESET = "\x1b[0m"
 BOLD = "\x1b[1m"
@@ -168,7 +176,7 @@ def wants_colour(stream: TextIO) -> bool:
     return stream.isatty()
 
 
-# --- The connection ---------------------------------------------------------------
+# --- The connection ----------------------------------------------------------
 
 
 class Connection:
@@ -200,6 +208,12 @@ class Connection:
         # is still worth showing. Control characters are kept here and
         # made harmless by sanitize() when the line is printed.
         return bytes(frame).decode(protocol.ENCODING, "replace").rstrip("\r")
+
+    def take_received(self) -> List[str]:
+        """The lines already received but not read yet (without waiting)."""
+        lines = list(self._lines)
+        self._lines.clear()
+        return lines
 
     def send_line(self, text: str) -> None:
         """Send one line (without its newline)."""
@@ -236,7 +250,12 @@ def connect(host: str, port: int) -> Connection:
     return Connection(sock)
 
 
-# --- The screen -------------------------------------------------------------------
+# --- The screen --------------------------------------------------------------
+
+
+def _is_libedit(readline: ModuleType) -> bool:
+    """True for macOS's stand-in for GNU readline, which differs a bit."""
+    return "libedit" in (readline.__doc__ or "")
 
 
 def _load_readline() -> Optional[ModuleType]:
@@ -245,13 +264,98 @@ def _load_readline() -> Optional[ModuleType]:
         import readline
     except ImportError:  # Windows: input() still works, just plainer
         return None
-    is_libedit = "libedit" in (readline.__doc__ or "")
-    if not is_libedit:
+    if not _is_libedit(readline):
         # With bracketed paste on, readline switches the terminal into a
         # paste mode while it reads; if the server goes down mid-line we
         # exit without readline's clean-up, which would leave it on.
         readline.parse_and_bind("set enable-bracketed-paste off")
     return readline
+
+
+def _readline_variable(readline: Optional[ModuleType],
+                       name: str) -> Optional[ctypes.c_int]:
+    """One of GNU readline's int variables, such as ``rl_point``.
+
+    The readline module does not tell where the cursor is in the line
+    (``rl_point``) or whether Enter was just pressed (``rl_done``), but the
+    C library keeps both in variables, which ctypes can read. None if they
+    cannot be found: redrawing then works a little less well.
+    """
+    if readline is None or ctypes is None:
+        return None
+    try:
+        return ctypes.c_int.in_dll(ctypes.CDLL(readline.__file__), name)
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _readline_cursor(rl_point: Optional[ctypes.c_int], typed: str) -> int:
+    """How many characters of ``typed`` are left of the cursor."""
+    if rl_point is None:
+        return len(typed)
+    # rl_point counts bytes of the line as readline holds it, encoded.
+    encoding = locale.getpreferredencoding(False)
+    encoded = typed.encode(encoding, "surrogateescape")
+    before = encoded[:rl_point.value].decode(encoding, "surrogateescape")
+    return min(len(before), len(typed))
+
+
+def text_width(text: str) -> int:
+    """Columns ``text`` takes on a terminal: wide characters (Chinese,
+    emoji, ...) take two, combining marks and invisible ones none."""
+    width = 0
+    for char in text:
+        if unicodedata.combining(char) or unicodedata.category(char) == "Cf":
+            continue
+        width += 2 if unicodedata.east_asian_width(char) in "WF" else 1
+    return width
+
+
+class InputLine:
+    """The prompt and the text being typed after it, as on the screen; it
+    may wrap onto several screen rows. Knows how to clear it and how to
+    draw it again with the cursor where it was.
+
+    Positions are counted in columns from the start of the prompt: the
+    one at ``offset`` is on row ``offset // columns`` of the input.
+    """
+
+    def __init__(self, prompt: str, typed: str, cursor: int, columns: int,
+                 dumb: bool) -> None:
+        self.text = prompt + typed
+        self.columns = max(columns, 1)
+        self.dumb = dumb  # a terminal without cursor movement
+        self.end = text_width(self.text)
+        self.cursor = text_width(prompt + typed[:cursor])
+
+    def clear(self) -> str:
+        """Blank the input and put the cursor where it started."""
+        if self.dumb:  # overwrite with spaces; one row is all we can do
+            return "\r" + " " * min(self.end, self.columns - 1) + "\r"
+        # Up to the row where the prompt starts, then erase to the end of
+        # the screen.
+        return self._move(self.cursor, 0) + "\x1b[J"
+
+    def draw(self) -> str:
+        """Draw the prompt and the typed text; put the cursor back."""
+        if self.dumb:
+            return self.text + "\b" * (self.end - self.cursor)
+        wrap = ""
+        if self.end and self.end % self.columns == 0:
+            # The text fills its last row exactly: the terminal holds the
+            # cursor at that row's end; a space and a carriage return put
+            # it at the start of the next row, as readline expects.
+            wrap = " \r"
+        return self.text + wrap + self._move(self.end, self.cursor)
+
+    def _move(self, start: int, to: int) -> str:
+        """Escape sequences moving the cursor between two positions."""
+        if start == to:
+            return ""
+        rows_up = start // self.columns - to // self.columns
+        column = to % self.columns
+        return ((f"\x1b[{rows_up}A" if rows_up > 0 else "") + "\r"
+                + (f"\x1b[{column}C" if column else ""))
 
 
 class Terminal:
@@ -265,42 +369,51 @@ class Terminal:
     from writing at once.
     """
 
+    #: Longest wait for readline to finish drawing the prompt.
+    PROMPT_DRAW_TIMEOUT = 0.2
+
     def __init__(self, interactive: bool, colour: bool,
-                 out: TextIO = sys.stdout) -> None:
+                 out: Optional[TextIO] = None) -> None:
         #: stdin is a terminal: show prompts and edit lines.
         self.interactive = interactive
         self.colour = colour
-        self._out = out
+        self._out = sys.stdout if out is None else out
         self._lock = threading.Lock()
         self._prompt = ""          # what input() is showing
-        self._reading = False      # True while input() shows the prompt
-        self._readline = _load_readline() if interactive else None
+        self._reading = False      # True while the main thread is in input()
+        # input() uses readline only when both ends are a terminal.
+        self._readline = (_load_readline()
+                          if interactive and self._out.isatty() else None)
+        self._rl_point = _readline_variable(self._readline, "rl_point")
+        self._rl_done = _readline_variable(self._readline, "rl_done")
         self._saved_mode = self._save_mode()
         self._dumb = os.environ.get("TERM") == "dumb"
-        if self._readline is not None and hasattr(self._readline,
-                                                  "set_pre_input_hook"):
-            # Called by readline once the prompt is on the screen: only
-            # from then on is there a prompt line to redraw.
-            self._readline.set_pre_input_hook(self._prompt_shown)
-            self._hooked = True
-        else:
-            self._hooked = False
+        # readline draws the prompt in several writes, which must not be
+        # mixed with ours. GNU readline calls a "pre-input hook" once the
+        # prompt is on the screen; it sets this event, and show() waits for
+        # it. (libedit, on macOS, may not call the hook: there, and without
+        # readline, we do without and treat the prompt as drawn at once.)
+        self._prompt_drawn = threading.Event()
+        self._hooked = (self._readline is not None
+                        and hasattr(self._readline, "set_pre_input_hook")
+                        and not _is_libedit(self._readline))
+        if self._hooked:
+            self._readline.set_pre_input_hook(self._prompt_drawn.set)
 
     # -- Output
 
     def show(self, text: str) -> None:
         """Print one line of text (already rendered) above the prompt."""
         with self._lock:
-            if not self._reading:
+            if not self._prompt_on_screen():
                 self._write(text + "\n")
-            elif self._readline is not None:
-                typed = self._readline.get_line_buffer()
-                self._write(self._clear_line(self._prompt + typed) + text
-                            + "\n" + self._prompt + typed)
-            else:
+            elif self._readline is None:
                 # Without readline we cannot see what was typed so far (the
                 # terminal driver holds it), so just start a new prompt line.
                 self._write("\n" + text + "\n" + self._prompt)
+            else:
+                line = self._input_line()
+                self._write(line.clear() + text + "\n" + line.draw())
 
     def show_lines(self, lines: Sequence[str]) -> None:
         for line in lines:
@@ -310,21 +423,36 @@ class Terminal:
         """Last output before a hard exit: clear the prompt line, print
         ``text`` (if any) and put the terminal back as we found it."""
         with self._lock:
-            if self._reading:
-                typed = (self._readline.get_line_buffer()
-                         if self._readline is not None else "")
-                self._write(self._clear_line(self._prompt + typed))
+            if self._prompt_on_screen() and self._readline is not None:
+                self._write(self._input_line().clear())
             if text:
                 self._write(text + "\n")
             self._reading = False
             self._restore_mode()
 
-    def _clear_line(self, shown: str) -> str:
-        """What to write to blank the prompt line and return to its start."""
-        if self._dumb:  # no escape sequences: overwrite with spaces
-            width = shutil.get_terminal_size().columns - 1
-            return "\r" + " " * min(2 * len(shown), width) + "\r"
-        return "\r\x1b[K"  # carriage return, then erase to end of line
+    def _prompt_on_screen(self) -> bool:
+        """True when the prompt (and what is typed after it) is on the
+        screen's last line, where the cursor is. Call with the lock held."""
+        if not self._reading:
+            return False
+        self._wait_for_prompt()
+        # Once Enter is pressed the cursor has moved to the next line, even
+        # if input() has not returned yet.
+        return not (self._rl_done is not None and self._rl_done.value)
+
+    def _input_line(self) -> InputLine:
+        """The prompt line as readline has it now."""
+        typed = self._readline.get_line_buffer()
+        return InputLine(self._prompt, typed,
+                         _readline_cursor(self._rl_point, typed),
+                         shutil.get_terminal_size().columns, self._dumb)
+
+    def _wait_for_prompt(self) -> None:
+        """Wait until readline has drawn the prompt. If the hook did not
+        run (a Ctrl+C at that very moment can stop it), go on after a
+        short while rather than hang."""
+        if not self._prompt_drawn.wait(self.PROMPT_DRAW_TIMEOUT):
+            self._prompt_drawn.set()
 
     def _write(self, text: str) -> None:
         self._out.write(text)
@@ -341,25 +469,27 @@ class Terminal:
             return line.rstrip("\r\n") if line else None
         with self._lock:
             self._prompt = prompt
-            if not self._hooked:
-                self._reading = True
+            self._reading = True
+            if self._hooked:
+                self._prompt_drawn.clear()  # readline sets it when drawn
+            else:
+                self._prompt_drawn.set()
+        ended_by_key = False
         try:
             return input(prompt)
         except EOFError:  # Ctrl+D
-            self._end_prompt_line()
+            ended_by_key = True
             return None
         except KeyboardInterrupt:  # Ctrl+C
-            self._end_prompt_line()
+            ended_by_key = True
             raise
         finally:
             with self._lock:
                 self._reading = False
-
-    def _end_prompt_line(self) -> None:
-        """After Ctrl+D or Ctrl+C the cursor is still on the prompt line
-        (Enter would have moved it on): start a new line for what follows."""
-        with self._lock:
-            self._write("\n")
+                if ended_by_key:
+                    # The cursor is still on the prompt line (Enter would
+                    # have moved it on): start a new line for what follows.
+                    self._write("\n")
 
     def ask(self, prompt: str) -> Optional[str]:
         """Ask a question, when nothing else is being printed (before the
@@ -373,10 +503,6 @@ class Terminal:
             length = self._readline.get_current_history_length()
             if length:
                 self._readline.remove_history_item(length - 1)
-
-    def _prompt_shown(self) -> None:
-        with self._lock:
-            self._reading = True
 
     # -- Terminal mode
 
@@ -400,7 +526,7 @@ class Terminal:
                 pass
 
 
-# --- Choosing a nickname ------------------------------------------------------------
+# --- Choosing a nickname -----------------------------------------------------
 
 
 class JoinError(Exception):
@@ -428,8 +554,8 @@ def register(conn: Connection, terminal: Terminal,
                     raise JoinError("no nickname accepted")
                 nick = terminal.ask(sanitize(line[len(protocol.NOTICE):])
                                     + " ")
-                if nick is None:
-                    return None
+                if nick is None or nick.lower() == "-exit":
+                    return None  # Ctrl+D or -exit: the user gave up
             conn.send_line(nick)
             nick = None  # if refused, ask next time
         elif not terminal.interactive and line.startswith(protocol.ERROR):
@@ -439,7 +565,7 @@ def register(conn: Connection, terminal: Terminal,
             terminal.show(render(line, "", terminal.colour))
 
 
-# --- Chatting -------------------------------------------------------------------------
+# --- Chatting ----------------------------------------------------------------
 
 
 class ChatState:
@@ -480,6 +606,13 @@ class ChatState:
             self._changed.wait_for(lambda: self.replies != seen, timeout)
 
 
+def show_server_line(line: str, terminal: Terminal,
+                     state: ChatState) -> None:
+    """Take note of one line from the server, and show it."""
+    state.note(line)
+    terminal.show(render(line, state.nick, terminal.colour))
+
+
 def read_from_server(conn: Connection, terminal: Terminal,
                      state: ChatState) -> None:
     """The reader thread: print every line from the server until the
@@ -491,9 +624,8 @@ def read_from_server(conn: Connection, terminal: Terminal,
             line = conn.read_line()
             if line is None:
                 break
-            state.note(line)
+            show_server_line(line, terminal, state)
             shut_down = shut_down or protocol.is_shutdown(line)
-            terminal.show(render(line, state.nick, terminal.colour))
     except (OSError, protocol.FramingError) as error:
         lost = f" ({getattr(error, 'strerror', None) or error})"
     if state.leaving.is_set():
@@ -514,6 +646,30 @@ def read_from_server(conn: Connection, terminal: Terminal,
         message = "Disconnected: the server closed the connection."
     terminal.finish(render(local_notice(message), "", terminal.colour))
     os._exit(1)
+
+
+def start_reader(conn: Connection, terminal: Terminal,
+                 state: ChatState) -> threading.Thread:
+    """Start the reader thread (see read_from_server)."""
+    reader = threading.Thread(target=read_from_server, name="reader",
+                              args=(conn, terminal, state), daemon=True)
+    # The kernel hands a signal to any thread that does not block it. Ctrl+C
+    # (SIGINT), like SIGTERM, must reach the main thread: only there does it
+    # interrupt input(). Window resizes (SIGWINCH) belong to readline, also
+    # there. So the reader starts with them blocked: a new thread inherits
+    # the signal mask of the thread that starts it.
+    blocked = {getattr(signal, name)
+               for name in ("SIGINT", "SIGTERM", "SIGWINCH")
+               if hasattr(signal, name)}
+    if hasattr(signal, "pthread_sigmask"):  # not on Windows
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+        try:
+            reader.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    else:
+        reader.start()
+    return reader
 
 
 def show_help(terminal: Terminal) -> None:
@@ -572,7 +728,7 @@ def leave(conn: Connection, state: ChatState) -> None:
         pass  # the connection is already gone: nothing to wait for
 
 
-# --- Command line ---------------------------------------------------------------------
+# --- Command line ------------------------------------------------------------
 
 
 def port_number(text: str) -> int:
@@ -615,43 +771,53 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     terminal = Terminal(interactive=sys.stdin.isatty(),
                         colour=wants_colour(sys.stdout))
-    nick = args.nick
-    if nick is None and not terminal.interactive:
-        nick = terminal.read_line("")  # piped: the first line is the nick
-        if nick is None:
-            return fail("no nickname: the input is empty")
-        nick = nick.strip()
+    # "kill PID" makes the client leave politely too, as Ctrl+C does.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         conn = connect(args.host, args.port)
     except OSError as error:
         return fail(str(error))
     try:
-        try:
-            nick = register(conn, terminal, nick)
-        except KeyboardInterrupt:
-            return 0
-        except JoinError as error:
-            return fail(f"cannot join the chat: {error}")
-        except OSError as error:
-            return fail(f"connection lost: {error.strerror or error}")
-        if nick is None:
-            return 0
-        state = ChatState(nick)
-        reader = threading.Thread(target=read_from_server, name="reader",
-                                  args=(conn, terminal, state), daemon=True)
-        reader.start()
-        try:
-            chat(conn, terminal, state)
-            leave(conn, state)
-        except OSError:
-            pass  # sending failed: the reader thread reports the loss
-        except KeyboardInterrupt:
-            pass  # a second Ctrl+C while leaving: just go
-        state.leaving.set()
+        return run(conn, terminal, args.nick)
     finally:
         conn.close()
-    # The socket is closed, so the reader thread returns promptly; wait for
-    # it so that it is not cut off halfway through printing.
+
+
+def run(conn: Connection, terminal: Terminal, nick: Optional[str]) -> int:
+    """Join the chat, then chat until the user leaves; the exit status."""
+    if nick is None and not terminal.interactive:
+        nick = terminal.read_line("")  # piped: the first line is the nick
+        if nick is None:
+            return fail("no nickname: the input is empty")
+    try:
+        nick = register(conn, terminal, nick)
+    except KeyboardInterrupt:
+        return 0
+    except JoinError as error:
+        return fail(f"cannot join the chat: {error}")
+    except OSError as error:
+        return fail(f"connection lost: {error.strerror or error}")
+    if nick is None:
+        return 0
+    state = ChatState(nick)
+    # The lines that came with the welcome (commands, who is online) are
+    # shown now, so that the first prompt comes after them.
+    for line in conn.take_received():
+        show_server_line(line, terminal, state)
+    reader = start_reader(conn, terminal, state)
+    try:
+        chat(conn, terminal, state)
+        leave(conn, state)
+    except OSError:
+        # Sending failed: the connection is gone. The reader thread finds
+        # out too and ends the program with the right message.
+        reader.join(LEAVE_TIMEOUT)
+        return fail("connection lost")
+    except KeyboardInterrupt:
+        pass  # Ctrl+C again while leaving: do not wait any longer
+    # Closing the socket wakes the reader thread if it is still waiting;
+    # wait for it, so that it is not cut off halfway through printing.
+    conn.close()
     reader.join(LEAVE_TIMEOUT)
     return 0
 

@@ -9,7 +9,8 @@ Everything both ends must agree on lives here, so that ``server.py`` and
 * nickname rules: :func:`nick_error` and :func:`nick_key`;
 * command parsing: :func:`parse_command` returns a small :class:`Command`;
 * the text of every line the server sends (the ``format_*`` functions) and
-  :func:`parse_server_line`, which lets a client tell those lines apart.
+  :func:`parse_server_line`, which lets a client tell those lines apart;
+* :class:`TLSLayer`, TLS over memory buffers, for both ends.
 
 The protocol is UTF-8 text, one message per line, ending in ``\\n``
 (``\\r\\n`` is accepted), so ``nc 127.0.0.1 4321`` is a usable client.
@@ -21,8 +22,11 @@ message; a public message is ``NICK: text``.
 from __future__ import annotations
 
 import re
+import ssl
+import threading
 import unicodedata
-from typing import Iterable, List, NamedTuple, Optional, Sequence, Union
+from typing import (Callable, Iterable, List, NamedTuple, Optional, Sequence,
+                    Union)
 
 # --- Limits and defaults (each one is documented in README.md) -------------
 
@@ -505,6 +509,82 @@ def format_line_too_long(limit: int = MAX_LINE_BYTES) -> str:
 
 def format_flooding() -> str:
     return format_error("no end of line in a megabyte; disconnecting")
+
+
+# --- TLS ----------------------------------------------------------------------
+
+
+class TLSLayer:
+    """TLS for one connection, kept apart from its socket.
+
+    OpenSSL must not be used by two threads at once, yet one thread reads
+    (and decrypts) while others send (and encrypt). So the socket stays a
+    plain TCP socket and TLS runs over memory buffers behind one lock:
+    :meth:`decrypt` what ``recv`` returned, :meth:`encrypt` what is about
+    to be sent. Both ends use it: the server with ``server_side=True``, the
+    client with the ``server_hostname`` it verifies.
+    """
+
+    def __init__(self, context: ssl.SSLContext, server_side: bool = False,
+                 server_hostname: Optional[str] = None) -> None:
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._incoming, self._outgoing,
+                                     server_side=server_side,
+                                     server_hostname=server_hostname)
+        self._lock = threading.Lock()
+
+    def handshake(self, send: Callable[[bytes], None],
+                  receive: Callable[[], bytes]) -> None:
+        """Run the handshake, sending with ``send`` and reading with
+        ``receive`` (blocking; the caller sets the timeout). Raises
+        ``ssl.SSLError`` if it fails, ``ConnectionError`` if the peer
+        closes."""
+        while True:
+            with self._lock:
+                try:
+                    self._tls.do_handshake()
+                    done = True
+                except ssl.SSLWantReadError:
+                    done = False
+                reply = self._outgoing.read()
+            if reply:
+                send(reply)
+            if done:
+                return
+            data = receive()
+            if not data:
+                raise ConnectionError("connection closed during the TLS"
+                                      " handshake")
+            with self._lock:
+                self._incoming.write(data)
+
+    def decrypt(self, data: bytes) -> Optional[bytes]:
+        """The plain text in ``data`` (possibly none yet), or None once
+        the peer has closed TLS. Raises ``ssl.SSLError`` on a broken
+        stream."""
+        with self._lock:
+            self._incoming.write(data)
+            pieces = []
+            while True:
+                try:
+                    piece = self._tls.read(64 * 1024)
+                except ssl.SSLWantReadError:
+                    break
+                except ssl.SSLZeroReturnError:
+                    return None
+                if not piece:
+                    break
+                pieces.append(piece)
+            return b"".join(pieces)
+
+    def encrypt(self, data: bytes) -> bytes:
+        """The bytes to send for ``data``, with any TLS messages that
+        are waiting to go (such as replies to the peer's)."""
+        with self._lock:
+            if data:
+                self._tls.write(data)
+            return self._outgoing.read()
 
 
 # --- Reading server lines (for clients) ---------------------------------------------

@@ -272,72 +272,6 @@ class Outbox:
                     return
 
 
-class TLSLayer:
-    """TLS for one connection, kept apart from its socket.
-
-    OpenSSL must not be used by two threads at once, yet the reader thread
-    decrypts while senders encrypt. So the socket stays a plain TCP socket
-    (the outbox's non-blocking send keeps working), and TLS runs over
-    memory buffers behind one lock: :meth:`decrypt` what ``recv`` returned,
-    :meth:`encrypt` what is about to be sent.
-    """
-
-    def __init__(self, context: ssl.SSLContext) -> None:
-        self._incoming = ssl.MemoryBIO()
-        self._outgoing = ssl.MemoryBIO()
-        self._tls = context.wrap_bio(self._incoming, self._outgoing,
-                                     server_side=True)
-        self._lock = threading.Lock()
-
-    def handshake(self, sock: socket.socket, timeout: float) -> None:
-        """Complete the handshake over ``sock`` (blocking) within
-        ``timeout`` seconds; raises OSError (ssl.SSLError, socket.timeout)
-        or ConnectionError."""
-        deadline = time.monotonic() + timeout
-        while True:
-            with self._lock:
-                try:
-                    self._tls.do_handshake()
-                    done = True
-                except ssl.SSLWantReadError:
-                    done = False
-                reply = self._outgoing.read()
-            if reply:
-                sock.sendall(reply)
-            if done:
-                return
-            sock.settimeout(max(0.001, deadline - time.monotonic()))
-            data = sock.recv(RECV_BYTES)
-            if not data:
-                raise ConnectionError("closed during the TLS handshake")
-            self._incoming.write(data)
-
-    def decrypt(self, data: bytes) -> Optional[bytes]:
-        """The plain text in ``data`` (possibly none yet), or None once
-        the peer has closed TLS. Raises ssl.SSLError on a broken stream."""
-        with self._lock:
-            self._incoming.write(data)
-            pieces = []
-            while True:
-                try:
-                    piece = self._tls.read(RECV_BYTES)
-                except ssl.SSLWantReadError:
-                    break
-                except ssl.SSLZeroReturnError:
-                    return None
-                if not piece:
-                    break
-                pieces.append(piece)
-            return b"".join(pieces)
-
-    def encrypt(self, data: bytes) -> bytes:
-        """The bytes to send for ``data``, with any TLS messages pending."""
-        with self._lock:
-            if data:
-                self._tls.write(data)
-            return self._outgoing.read()
-
-
 def make_tls_context(cert: str, key: str) -> ssl.SSLContext:
     """A server context: TLS 1.2 or newer, with the given certificate."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -379,7 +313,8 @@ class Session:
     """One connection: its socket, outbox and chat state."""
 
     def __init__(self, sock: socket.socket, address: Address,
-                 outbox_limit: int, tls: Optional[TLSLayer] = None) -> None:
+                 outbox_limit: int,
+                 tls: Optional[protocol.TLSLayer] = None) -> None:
         self.sock = sock
         self.address = address
         self.name = format_address(address)
@@ -559,7 +494,8 @@ class ChatHandler(socketserver.BaseRequestHandler):
         context = self.server.tls_context
         self.session = Session(sock, self.client_address,
                                self.server.config.outbox_limit,
-                               TLSLayer(context) if context else None)
+                               protocol.TLSLayer(context, server_side=True)
+                               if context else None)
         self.framer = protocol.LineFramer(self.server.config.max_line)
         self.bucket = TokenBucket(self.server.config.rate_limit,
                                   self.server.config.rate_burst)
@@ -603,10 +539,12 @@ class ChatHandler(socketserver.BaseRequestHandler):
         slow or broken one holds up nobody else."""
         session = self.session
         try:
-            session.tls.handshake(session.sock, TLS_HANDSHAKE_SECONDS)
+            session.sock.settimeout(TLS_HANDSHAKE_SECONDS)
+            session.tls.handshake(session.sock.sendall,
+                                  lambda: session.sock.recv(RECV_BYTES))
             session.sock.settimeout(None)
             return True
-        except (OSError, ValueError) as error:
+        except OSError as error:  # ssl.SSLError, timeout, reset, closed
             session.close_reason = f"TLS handshake failed: {error}"
             # Most likely a plain-text client: tell it in plain text.
             try:

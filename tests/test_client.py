@@ -87,7 +87,7 @@ def test_printable_text_is_kept(text: str) -> None:
     assert sanitize(text) == text
 
 
-# --- render --------------------------------------------------------------------
+# --- render ------------------------------------------------------------------
 
 
 LINES = {
@@ -117,7 +117,8 @@ def test_render_with_colour_keeps_the_text(kind: str) -> None:
     rendered = render(LINES[kind], "alice", colour=True)
     assert ESC in rendered
     assert _without_styles(rendered) == LINES[kind]
-    assert rendered.rindex(client.RESET) > rendered.rindex(ESC) - 1
+    # Whatever style was set, the line ends back in the normal one.
+    assert rendered[rendered.rindex(ESC):].startswith(client.RESET)
 
 
 def test_each_kind_has_its_own_colour() -> None:
@@ -127,8 +128,8 @@ def test_each_kind_has_its_own_colour() -> None:
     assert styles["error"].startswith(client.ERROR_STYLE)
     assert styles["private"].startswith(client.PRIVATE_STYLE)
     assert styles["message"].startswith(client.BOLD + "bob" + client.RESET)
-    starts = {kind: text[:text.index("m") + 1] for kind, text in styles.items()}
-    assert len(set(starts.values())) == len(starts)
+    assert len({client.NOTICE_STYLE, client.ERROR_STYLE, client.PRIVATE_STYLE,
+                client.MENTION_STYLE, client.BOLD}) == 5
 
 
 def test_mention_of_my_nick_is_highlighted() -> None:
@@ -177,7 +178,7 @@ def test_a_peer_cannot_forge_a_notice_colour() -> None:
     assert rendered.startswith(client.BOLD)
 
 
-# --- colour choice -------------------------------------------------------------
+# --- colour choice -----------------------------------------------------------
 
 
 class _FakeTty(io.StringIO):
@@ -207,7 +208,7 @@ def test_no_color_and_dumb_terminal_turn_colour_off(monkeypatch) -> None:
     assert not client.wants_colour(_FakeTty(True))
 
 
-# --- prompt and partner ------------------------------------------------------------
+# --- prompt and partner ------------------------------------------------------
 
 
 def test_prompt_follows_the_servers_confirmations() -> None:
@@ -233,7 +234,7 @@ def test_replies_are_counted_for_waiting() -> None:
     state.wait_for_reply(seen, timeout=0)  # returns at once: reply came
 
 
-# --- Terminal output without a terminal ------------------------------------------
+# --- Terminal output without a terminal --------------------------------------
 
 
 def test_terminal_show_writes_whole_lines() -> None:
@@ -244,7 +245,57 @@ def test_terminal_show_writes_whole_lines() -> None:
     assert out.getvalue() == "one\ntwo\nthree\n"
 
 
-# --- Connection ---------------------------------------------------------------------
+# --- Redrawing the input line ------------------------------------------------
+
+
+def test_text_width_counts_terminal_columns() -> None:
+    assert client.text_width("abc") == 3
+    assert client.text_width("Привет") == 6
+    assert client.text_width("日本") == 4
+    assert client.text_width("👋") == 2
+    assert client.text_width("e\u0301") == 1  # e + combining acute
+
+
+def test_input_line_with_cursor_at_the_end() -> None:
+    line = client.InputLine("[everyone]> ", "hello", 5, 80, dumb=False)
+    assert line.clear() == "\r\x1b[J"
+    assert line.draw() == "[everyone]> hello"
+
+
+def test_input_line_puts_the_cursor_back_in_the_middle() -> None:
+    line = client.InputLine("[everyone]> ", "hello world", 6, 80, dumb=False)
+    assert line.clear() == "\r\x1b[J"
+    assert line.draw() == "[everyone]> hello world\r\x1b[18C"
+
+
+def test_input_line_that_wraps_is_cleared_from_its_first_row() -> None:
+    typed = "x" * 20  # 12 + 20 columns: two rows of 20
+    line = client.InputLine("[everyone]> ", typed, 20, 20, dumb=False)
+    assert line.clear() == "\x1b[1A\r\x1b[J"
+    assert line.draw() == "[everyone]> " + typed
+    line = client.InputLine("[everyone]> ", typed, 2, 20, dumb=False)
+    assert line.clear() == "\r\x1b[J"  # the cursor is on the first row
+    assert line.draw() == "[everyone]> " + typed + "\x1b[1A\r\x1b[14C"
+
+
+def test_input_line_filling_its_row_exactly_moves_to_the_next() -> None:
+    line = client.InputLine("[everyone]> ", "x" * 8, 8, 20, dumb=False)
+    assert line.draw() == "[everyone]> xxxxxxxx \r"
+
+
+def test_input_line_on_a_dumb_terminal_uses_no_escapes() -> None:
+    line = client.InputLine("[everyone]> ", "hello world", 6, 80, dumb=True)
+    assert ESC not in line.clear() + line.draw()
+    assert line.clear() == "\r" + " " * 23 + "\r"
+    assert line.draw() == "[everyone]> hello world" + "\b" * 5
+
+
+def test_input_line_counts_wide_characters() -> None:
+    line = client.InputLine("> ", "日本語", 1, 80, dumb=False)
+    assert line.draw() == "> 日本語\r\x1b[4C"
+
+
+# --- Connection --------------------------------------------------------------
 
 
 def test_connection_reads_lines_across_packets() -> None:
@@ -292,7 +343,7 @@ def test_connect_sets_tcp_nodelay() -> None:
             conn.close()
 
 
-# --- Command line ------------------------------------------------------------------------
+# --- Command line ------------------------------------------------------------
 
 
 def test_help_explains_each_option(capsys) -> None:

@@ -1,0 +1,481 @@
+"""End-to-end tests of client.py: the real program, run in a pseudo-terminal
+(so it sees a terminal, uses readline, and gets Ctrl+C and Ctrl+D as a user
+would send them), against a real in-process server on a free port. The other
+chat users are plain sockets in the test.
+
+Nothing here sleeps to synchronise: every wait is for a condition (text in
+the client's screen output or on a socket, the process ending), with a
+deadline. Unix only: it needs pseudo-terminals.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import struct
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, Iterator, List, Optional
+
+import pytest
+
+import client
+import protocol
+from conftest import ADMIN_PASSWORD, DEADLINE, ROOT, wait_until
+
+fcntl = pytest.importorskip("fcntl", reason="needs Unix pseudo-terminals")
+termios = pytest.importorskip("termios", reason="needs Unix pseudo-terminals")
+
+CLIENT = os.path.join(ROOT, "client.py")
+
+# Run in the child before client.py: make the pseudo-terminal its
+# controlling terminal (the child is a new session leader thanks to
+# start_new_session), so that typing Ctrl+C sends it SIGINT as in a real
+# terminal. Then become client.py.
+_TAKE_TERMINAL = (
+    "import fcntl, os, sys, termios;"
+    "fcntl.ioctl(0, termios.TIOCSCTTY, 0);"
+    "os.execv(sys.executable, [sys.executable] + sys.argv[1:])")
+
+
+def _environment(**changes: Optional[str]) -> Dict[str, str]:
+    env = dict(os.environ)
+    env.update(TERM="xterm", NO_COLOR="1", PYTHONDONTWRITEBYTECODE="1")
+    for name, value in changes.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
+
+
+class PtyClient:
+    """``python3 client.py ARGS`` with a pseudo-terminal as its stdin,
+    stdout and stderr; the test reads the "screen" from the master side."""
+
+    def __init__(self, *args: str, env: Dict[str, str]) -> None:
+        self.master, self.slave = os.openpty()
+        # A fixed, known window size, as a real terminal would have.
+        fcntl.ioctl(self.slave, termios.TIOCSWINSZ,
+                    struct.pack("HHHH", 30, 120, 0, 0))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _TAKE_TERMINAL, CLIENT, *args],
+            stdin=self.slave, stdout=self.slave, stderr=self.slave,
+            start_new_session=True, cwd=ROOT, env=env)
+        self.output = b""  # everything the client wrote so far
+        self._seen = 0     # how far expect() has matched
+
+    def write(self, text: str) -> None:
+        """Type ``text`` (use "\\r" for Enter, "\\x04" for Ctrl+D)."""
+        os.write(self.master, text.encode("utf-8"))
+
+    def _read_some(self, timeout: float) -> bool:
+        """Read what is available within ``timeout``; False if nothing."""
+        ready, _, _ = select.select([self.master], [], [], max(0, timeout))
+        if not ready:
+            return False
+        try:
+            chunk = os.read(self.master, 65536)
+        except OSError:  # EIO: no process has the terminal open any more
+            return False
+        self.output += chunk
+        return bool(chunk)
+
+    def expect(self, text: str, timeout: float = DEADLINE) -> str:
+        """Wait until ``text`` appears in the output after the previous
+        match; return the output from there up to and including it."""
+        needle = text.encode("utf-8")
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.output.find(needle, self._seen)
+            if found >= 0:
+                start, self._seen = self._seen, found + len(needle)
+                return self.output[start:self._seen].decode("utf-8",
+                                                            "replace")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(
+                    f"{text!r} not seen in {timeout} s; output so far:\n"
+                    f"{self.output.decode('utf-8', 'replace')}")
+            self._read_some(remaining)
+
+    def wait_exit(self, timeout: float = DEADLINE) -> int:
+        """Wait for the client to end, reading its output meanwhile (so it
+        never blocks on a full terminal); its exit status."""
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(
+                    f"client still running after {timeout} s; output:\n"
+                    f"{self.output.decode('utf-8', 'replace')}")
+            # Wake up at least every 50 ms to check whether it has ended.
+            self._read_some(min(remaining, 0.05))
+        while self._read_some(0):
+            pass
+        return self.proc.returncode
+
+    def wait_idle(self) -> None:
+        """Wait until the client has read every key typed so far and its
+        main thread sleeps, waiting for the next one.
+
+        People type slowly enough for the client to be idle at each key; a
+        test does not, and some checks need it: a Ctrl+C that comes while
+        readline is still busy with the keys before it is only noticed at
+        the next key (Python's readline loop checks for signals only when
+        its wait for input is interrupted), and a redraw shows the cursor
+        where readline has got to. Linux only (elsewhere this returns at
+        once).
+        """
+        stat = f"/proc/{self.proc.pid}/stat"
+        if not os.path.exists(stat):
+            return
+
+        def idle() -> bool:
+            unread = fcntl.ioctl(self.slave, termios.FIONREAD, b"\0" * 4)
+            if struct.unpack("i", unread)[0]:
+                return False  # keys still waiting to be read
+            with open(stat) as file:
+                # "pid (name) state ...": the state follows the name.
+                return file.read().rpartition(")")[2].split()[0] == "S"
+
+        wait_until(idle, what="the client to wait for input")
+
+    def terminal_mode(self) -> List:
+        return termios.tcgetattr(self.slave)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(DEADLINE)
+        os.close(self.master)
+        os.close(self.slave)
+
+
+@pytest.fixture
+def spawn(server) -> Iterator[Callable[..., PtyClient]]:
+    """``spawn("--nick", "alice")``: client.py in a terminal, connected to
+    the test's server (or to ``port=``)."""
+    started: List[PtyClient] = []
+
+    def start(*args: str, port: Optional[int] = None,
+              **env: Optional[str]) -> PtyClient:
+        port = server.address[1] if port is None else port
+        pty_client = PtyClient("--port", str(port), *args,
+                               env=_environment(**env))
+        started.append(pty_client)
+        return pty_client
+
+    yield start
+    for pty_client in started:
+        pty_client.close()
+
+
+def joined(spawn: Callable[..., PtyClient], nick: str = "alice",
+           **env: Optional[str]) -> PtyClient:
+    """A client that has joined as ``nick`` and shows its prompt."""
+    alice = spawn("--nick", nick, **env)
+    alice.expect(f"Welcome, {nick}!")
+    alice.expect("[everyone]> ")
+    return alice
+
+
+def run_piped(port: int, *args: str, stdin: str = "",
+              ) -> subprocess.CompletedProcess:
+    """client.py with its input and output as pipes, not a terminal."""
+    return subprocess.run(
+        [sys.executable, CLIENT, "--port", str(port), *args], input=stdin,
+        capture_output=True, text=True, timeout=DEADLINE, cwd=ROOT,
+        env=_environment())
+
+
+def free_port() -> int:
+    """A port nobody listens on (bound for a moment, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# --- Joining -----------------------------------------------------------------
+
+
+def test_join_shows_welcome_users_and_commands(spawn, connect) -> None:
+    bob = connect("bob")
+    alice = spawn("--nick", "alice")
+    alice.expect("* Welcome, alice! You are in the chat.")
+    alice.expect("* Commands: -to NICK")
+    alice.expect("* Online (2): ")
+    users = alice.expect("\n")
+    assert "alice (you)" in users and "bob" in users
+    alice.expect("[everyone]> ")
+    bob.expect("* alice joined the chat")
+
+
+def test_asks_for_a_nickname_again_when_refused(spawn, connect) -> None:
+    connect("bob")
+    alice = spawn()
+    alice.expect("Choose a nickname")
+    alice.write("bob\r")
+    alice.expect("nickname 'bob' refused: it is taken")
+    alice.expect("Choose a nickname")
+    alice.write("alice\r")
+    alice.expect("* Welcome, alice!")
+    alice.expect("[everyone]> ")
+
+
+def test_a_refused_nick_option_asks_interactively(spawn, connect) -> None:
+    connect("bob")
+    alice = spawn("--nick", "b o b")
+    alice.expect("refused: a nickname cannot contain spaces")
+    alice.expect("Choose a nickname")
+    alice.write("alice\r")
+    alice.expect("* Welcome, alice!")
+
+
+def test_ctrl_d_at_the_nickname_question_leaves(spawn) -> None:
+    alice = spawn()
+    alice.expect("Choose a nickname")
+    alice.write("\x04")
+    assert alice.wait_exit() == 0
+    assert b"Traceback" not in alice.output
+
+
+# --- Sending and receiving ---------------------------------------------------
+
+
+def test_a_typed_line_reaches_the_others(spawn, connect) -> None:
+    bob = connect("bob")
+    alice = joined(spawn)
+    alice.write("hi there, Привет 👋\r")
+    bob.expect("alice: hi there, Привет 👋")
+
+
+def test_an_incoming_message_keeps_the_half_typed_line(spawn,
+                                                       connect) -> None:
+    bob = connect("bob")
+    alice = joined(spawn)
+    alice.write("hello wor")
+    alice.expect("hello wor")  # echoed: readline has it
+    bob.send("are you there?")
+    alice.expect("bob: are you there?")
+    # After the message, the prompt and the typed text are drawn again.
+    alice.expect("[everyone]> hello wor")
+    alice.write("ld\r")
+    bob.expect("alice: hello world")
+
+
+def test_the_cursor_stays_where_it_was_in_the_line(spawn, connect) -> None:
+    bob = connect("bob")
+    alice = joined(spawn)
+    alice.write("hello world")
+    alice.expect("hello world")
+    alice.write("\x02" * 5)  # Ctrl+B (left) five times: before "world"
+    alice.expect("\b" * 5)  # readline moved the cursor back
+    bob.send("interruption")
+    alice.expect("bob: interruption")
+    # Redrawn, with the cursor moved back to column 12 + 6.
+    alice.expect("[everyone]> hello world\r\x1b[18C")
+    alice.write("big \r")
+    bob.expect("alice: hello big world")
+
+
+def test_prompt_shows_the_partner_confirmed_by_the_server(spawn,
+                                                         connect) -> None:
+    bob = connect("bob")
+    alice = joined(spawn)
+    alice.write("-to bob\r")
+    alice.expect("Your lines now go to bob only.")
+    alice.expect("[to bob]> ")
+    alice.write("-to nobody\r")  # refused: the partner stays bob
+    alice.expect("no such user: nobody")
+    alice.expect("[to bob]> ")
+    alice.write("just for you\r")
+    bob.expect("[private] alice: just for you")
+    alice.write("-all\r")
+    alice.expect("Your lines now go to everyone.")
+    alice.expect("[everyone]> ")
+
+
+def test_colours_on_a_terminal(spawn, connect) -> None:
+    bob = connect("bob")
+    alice = joined(spawn, NO_COLOR=None)
+    bob.send("-to alice psst alice")
+    alice.expect(client.PRIVATE_STYLE + "[private] bob: psst "
+                 + client.MENTION_STYLE + "alice" + client.RESET)
+
+
+# --- Leaving -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("typed, key", [("", "\x04"), ("half typed", "\x03"),
+                                        ("-exit", "\r")],
+                         ids=["ctrl-d", "ctrl-c", "exit-command"])
+def test_leaving_says_goodbye(spawn, connect, typed: str, key: str) -> None:
+    bob = connect("bob")
+    alice = joined(spawn)
+    if typed:
+        alice.write(typed)
+        alice.expect(typed)  # echoed: readline is reading keys now
+        alice.wait_idle()
+    alice.write(key)
+    bob.expect("* alice left the chat")
+    assert alice.wait_exit() == 0
+    alice.expect("* Goodbye, alice!")
+    assert b"Traceback" not in alice.output
+
+
+def test_server_shutdown_ends_the_client_by_itself(spawn, connect) -> None:
+    bob = connect("bob")
+    bob.send(f"-admin {ADMIN_PASSWORD}")
+    bob.expect(protocol.format_admin_granted())
+    alice = joined(spawn)
+    alice.write("never finished")
+    alice.expect("never finished")
+    bob.send("down server")
+    assert alice.wait_exit(timeout=3) == 0
+    alice.expect("* Server is shutting down")
+    assert b"Traceback" not in alice.output
+    # readline had the terminal in raw mode; it must be back to normal.
+    mode = alice.terminal_mode()
+    assert mode[3] & termios.ECHO and mode[3] & termios.ICANON
+
+
+def test_being_kicked_ends_the_client_by_itself(spawn, connect) -> None:
+    bob = connect("bob")
+    bob.send(f"-admin {ADMIN_PASSWORD}")
+    bob.expect(protocol.format_admin_granted())
+    alice = joined(spawn)
+    bob.send("-kick alice enough")
+    assert alice.wait_exit(timeout=3) == 1
+    alice.expect("! you were kicked by bob: enough")
+    alice.expect("the server closed the connection")
+    assert b"Traceback" not in alice.output
+
+
+# --- Against a fake server: what the real one would never send ---------------
+
+
+class FakeServer:
+    """A listening socket that plays the server by hand, for lines the real
+    server refuses to pass on (it drops control characters)."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(DEADLINE)
+        self.port = self.listener.getsockname()[1]
+        self.sock: Optional[socket.socket] = None
+
+    def welcome(self) -> str:
+        """Accept the client, take its nickname, greet it."""
+        self.sock, _ = self.listener.accept()
+        self.sock.settimeout(DEADLINE)
+        self._lines = self.sock.makefile("rb")
+        self.send(protocol.format_nick_prompt())
+        nick = self.read_line()
+        self.send(protocol.format_welcome(nick),
+                  protocol.format_commands_hint(),
+                  protocol.format_users([nick], nick))
+        return nick
+
+    def send(self, *lines: str) -> None:
+        assert self.sock is not None
+        self.sock.sendall(b"".join(protocol.encode_line(line)
+                                   for line in lines))
+
+    def read_line(self) -> str:
+        return self._lines.readline().decode("utf-8").rstrip("\n")
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self._lines.close()
+            self.sock.close()
+        self.listener.close()
+
+
+@pytest.fixture
+def fake_server() -> Iterator[FakeServer]:
+    fake = FakeServer()
+    yield fake
+    fake.close()
+
+
+def test_escape_sequences_from_a_peer_do_not_reach_the_terminal(
+        spawn, fake_server) -> None:
+    alice = spawn("--nick", "alice", port=fake_server.port, TERM="dumb")
+    fake_server.welcome()
+    alice.expect("[everyone]> ")
+    fake_server.send("mallory: title\x1b]0;pwned\x07 clear\x1b[2J"
+                     " csi\x9b31m bell\x07 \u202eevil\u202c Привет 👋 end")
+    shown = alice.expect(" end")
+    assert "mallory: title clear csi bell^G evil Привет 👋 end" in shown
+    alice.expect("[everyone]> ")
+    assert b"pwned" not in alice.output
+    assert b"\x07" not in alice.output
+    assert "\u202e".encode() not in alice.output
+    assert "\x9b".encode() not in alice.output
+    # With TERM=dumb and NO_COLOR the client writes no escape at all, so
+    # any ESC byte would have come from the peer.
+    assert b"\x1b" not in alice.output
+
+
+def test_help_is_answered_locally(spawn, fake_server) -> None:
+    alice = spawn("--nick", "alice", port=fake_server.port)
+    fake_server.welcome()
+    alice.expect("[everyone]> ")
+    alice.write("-help\r")
+    alice.expect("send text to NICK only")
+    alice.expect("[everyone]> ")
+    alice.write("-users\r")
+    # The fake server never answers -help: the next line it gets is -users.
+    assert fake_server.read_line() == "-users"
+
+
+def test_lost_connection_ends_the_client(spawn, fake_server) -> None:
+    alice = spawn("--nick", "alice", port=fake_server.port)
+    fake_server.welcome()
+    alice.expect("[everyone]> ")
+    alice.write("half")
+    alice.expect("half")
+    fake_server.close()
+    assert alice.wait_exit(timeout=3) == 1
+    alice.expect("the server closed the connection")
+    assert b"Traceback" not in alice.output
+    mode = alice.terminal_mode()
+    assert mode[3] & termios.ECHO and mode[3] & termios.ICANON
+
+
+# --- Without a terminal, and failing to connect ------------------------------
+
+
+def test_piped_input(server, connect) -> None:
+    bob = connect("bob")
+    result = run_piped(server.address[1],
+                       stdin="carol\n-all hi from a pipe\n-users\n")
+    assert result.returncode == 0, result.stderr
+    bob.expect("carol: hi from a pipe")
+    bob.expect("* carol left the chat")
+    assert "* Welcome, carol! You are in the chat." in result.stdout
+    assert "* Online (2): " in result.stdout
+    assert "* Goodbye, carol!" in result.stdout
+    assert "]> " not in result.stdout  # no prompts without a terminal
+    assert result.stderr == ""
+
+
+def test_piped_input_with_a_taken_nick_fails(server, connect) -> None:
+    connect("bob")
+    result = run_piped(server.address[1], "--nick", "bob", stdin="hi\n")
+    assert result.returncode == 1
+    assert "it is taken" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "no-such-host.invalid"])
+def test_cannot_connect_is_one_line_and_status_1(host: str) -> None:
+    result = run_piped(free_port(), "--host", host, "--nick", "alice")
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "refused" in lines[0] or "cannot find host" in lines[0]
+    assert "Traceback" not in result.stderr
