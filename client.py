@@ -1,8 +1,8 @@
 """Terminal client for the chat server (``server.py``).
 
-Run ``python3 client.py [--host H] [--port P] [--nick N]``. It connects,
-helps you choose a nickname, then lets you type lines while the lines of
-other users appear above the one you are typing.
+Run ``python3 client.py [--host H] [--port P] [--nick N] [--tls [--cafile
+FILE]]``. It connects, helps you choose a nickname, then lets you type lines
+while the lines of other users appear above the one you are typing.
 
 How it is built, in one paragraph: the *main thread* reads what you type
 (``input()``, with line editing and history from the standard ``readline``
@@ -12,6 +12,13 @@ owns the screen: it prints each incoming line above your prompt and redraws
 the prompt with your half-typed text. Every received line goes through
 :func:`sanitize` before it is shown, so another user cannot send escape
 sequences that drive your terminal.
+
+With ``--tls`` the lines travel encrypted, and the server's certificate is
+checked against the system's certificate authorities or ``--cafile FILE``.
+The socket itself stays a plain TCP socket: TLS runs over memory buffers
+(``protocol.TLSLayer``), so that the reader thread decrypts what it
+receives while the main thread encrypts what it sends, without two threads
+ever sharing an ``ssl.SSLSocket``.
 
 The wire protocol (lines of UTF-8 text) lives in ``protocol.py``.
 """
@@ -25,6 +32,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import sys
 import threading
 import unicodedata
@@ -44,8 +52,13 @@ try:  # Unix only; used to put the terminal back before a hard exit.
 except ImportError:  # Windows
     termios = None  # type: ignore[assignment]
 
-#: Seconds to wait for the TCP connection to be set up.
+#: Seconds to wait for the TCP connection to be set up, and then again for
+#: the TLS handshake.
 CONNECT_TIMEOUT = 10.0
+#: Seconds without a word from the server after connecting before we say
+#: that we are still waiting (a TLS server waits for a TLS client to speak
+#: first, so a plain client hears nothing until the server gives up).
+SLOW_SERVER_HINT = 3.0
 #: Seconds to wait for the server's goodbye after sending ``-exit``.
 LEAVE_TIMEOUT = 2.0
 #: Seconds to wait for the server to confirm ``-to NICK`` or ``-all``
@@ -179,25 +192,52 @@ def wants_colour(stream: TextIO) -> bool:
 # --- The connection ----------------------------------------------------------
 
 
-class Connection:
-    """One TCP connection to the server, read and written as text lines."""
+def format_address(host: str, port: int) -> str:
+    """``127.0.0.1:4321``, ``localhost:4321`` or ``[::1]:4321``."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
-    def __init__(self, sock: socket.socket) -> None:
+
+class Connection:
+    """One TCP connection to the server, read and written as text lines;
+    with ``tls``, the lines are encrypted on it.
+
+    One thread reads (:meth:`read_line`) while another sends
+    (:meth:`send_line`); ``tls`` is safe for that (it has a lock), and a
+    lock here keeps each encrypted record whole and in order on the wire.
+    """
+
+    def __init__(self, sock: socket.socket,
+                 tls: Optional[protocol.TLSLayer] = None) -> None:
         self.sock = sock
+        self.tls = tls
         self._framer = protocol.LineFramer(MAX_SERVER_LINE, MAX_SERVER_DISCARD)
         self._lines: Deque[str] = deque()  # received, not yet read
+        self._send_lock = threading.Lock()
+        self._ended = False  # the server ended TLS (close_notify)
+        if tls is not None:
+            # What came in with the end of the handshake, if anything.
+            self._take(tls.decrypt(b""))
 
     def read_line(self) -> Optional[str]:
         """The next line from the server, or None when it closed the
-        connection. Raises OSError (or protocol.FramingError) if the
-        connection broke."""
+        connection. Raises OSError (ssl.SSLError for a broken TLS stream),
+        or protocol.FramingError, if the connection broke."""
         while not self._lines:
+            if self._ended:
+                return None
             data = self.sock.recv(65536)
             if not data:
                 return None
-            for frame in self._framer.feed(data):
-                self._lines.append(self._decode(frame))
+            self._take(self.tls.decrypt(data) if self.tls else data)
         return self._lines.popleft()
+
+    def _take(self, data: Optional[bytes]) -> None:
+        """Frame received plain text; None means the server ended TLS."""
+        if data is None:
+            self._ended = True
+            return
+        for frame in self._framer.feed(data):
+            self._lines.append(self._decode(frame))
 
     @staticmethod
     def _decode(frame: protocol.Frame) -> str:
@@ -217,7 +257,11 @@ class Connection:
 
     def send_line(self, text: str) -> None:
         """Send one line (without its newline)."""
-        self.sock.sendall(protocol.encode_line(text))
+        data = protocol.encode_line(text)
+        with self._send_lock:
+            if self.tls is not None:
+                data = self.tls.encrypt(data)
+            self.sock.sendall(data)
 
     def close(self) -> None:
         """Close the connection; wakes up a thread blocked in read_line()."""
@@ -228,26 +272,125 @@ class Connection:
         self.sock.close()
 
 
-def connect(host: str, port: int) -> Connection:
-    """Connect to the server. Raises OSError with a message fit to show."""
+def make_tls_context(cafile: Optional[str] = None,
+                     insecure: bool = False) -> ssl.SSLContext:
+    """A client context: TLS 1.2 or newer; the server's certificate is
+    checked against ``cafile`` (PEM), or the system's authorities, and must
+    name the host we connect to. ``insecure`` turns all checking off.
+    Raises OSError (ssl.SSLError for a file that holds no certificate)."""
+    context = ssl.create_default_context(cafile=cafile)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+#: Verification failures where trusting the right certificate is the fix.
+_UNTRUSTED_CODES = {
+    2,   # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT
+    18,  # X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT
+    19,  # X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN
+    20,  # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY
+    21,  # X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE
+}
+_NAME_MISMATCH_CODES = {62, 64}  # X509_V_ERR_HOSTNAME/IP_ADDRESS_MISMATCH
+
+
+def _ssl_reason(error: ssl.SSLError) -> str:
+    """An OpenSSL error as one short phrase: ``wrong version number``."""
+    text = str(error.args[1] if len(error.args) > 1 else error)
+    text = re.sub(r"^\[[A-Z0-9_]+: [A-Z0-9_]+\] ", "", text)
+    return re.sub(r" \(_ssl\.c:\d+\)$", "", text)
+
+
+def _certificate_problem(error: ssl.SSLCertVerificationError,
+                         where: str) -> str:
+    """One line for a certificate the server showed that we do not trust."""
+    why = (error.verify_message or _ssl_reason(error)).rstrip(".")
+    message = f"{where}: certificate verify failed: {why}"
+    if error.verify_code in _UNTRUSTED_CODES:
+        message += ("; for a self-signed server use --cafile server.pem"
+                    " (the server's certificate)")
+    elif error.verify_code in _NAME_MISMATCH_CODES:
+        message += ("; connect with --host set to a name the certificate"
+                    " is for")
+    return message
+
+
+def _looks_like_text(data: bytes) -> bool:
+    """True for the start of a plain-text chat line (``* ...``, ``! ...``)
+    rather than a TLS record."""
+    return data[:2] in (protocol.NOTICE.encode(), protocol.ERROR.encode())
+
+
+def start_tls(sock: socket.socket, host: str, where: str,
+              context: ssl.SSLContext) -> protocol.TLSLayer:
+    """Run the TLS handshake on a connected socket (with the socket's
+    timeout). Raises OSError with one line fit to show."""
+    tls = protocol.TLSLayer(context, server_hostname=host)
+    first: List[bytes] = []
+
+    def receive() -> bytes:
+        data = sock.recv(65536)
+        if not first:
+            first.append(data)
+        return data
+
+    hint = " (is the server running with TLS?)"
+    try:
+        tls.handshake(sock.sendall, receive)
+        return tls
+    except ssl.SSLCertVerificationError as error:
+        try:  # tell the server why (an alert), so that its log says so
+            sock.sendall(tls.encrypt(b""))
+        except OSError:
+            pass
+        raise OSError(_certificate_problem(error, where)) from None
+    except ssl.SSLError as error:
+        if first and _looks_like_text(first[0]):
+            reason = "the server answered in plain text"
+            hint = " (it is not running with TLS: connect without --tls)"
+        else:
+            reason = _ssl_reason(error)
+    except socket.timeout:
+        reason = f"no answer in {CONNECT_TIMEOUT:g} s"
+    except ConnectionError:
+        reason = "the server closed the connection"
+    except OSError as error:
+        reason = error.strerror or str(error)
+    raise OSError(f"TLS handshake with {where} failed: {reason}{hint}")
+
+
+def connect(host: str, port: int,
+            tls_context: Optional[ssl.SSLContext] = None) -> Connection:
+    """Connect to the server, over TLS with ``tls_context``. Raises OSError
+    with a message fit to show."""
+    where = format_address(host, port)
     try:
         sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
     except socket.gaierror as error:
         raise OSError(f"cannot find host {host!r}: {error.strerror}") from None
     except socket.timeout:
-        raise OSError(f"cannot connect to {host} port {port}: timed out") \
-            from None
+        raise OSError(f"cannot connect to {where}: timed out") from None
     except ConnectionRefusedError:
-        raise OSError(f"cannot connect to {host} port {port}: connection"
-                      " refused (is the server running?)") from None
+        raise OSError(f"cannot connect to {where}: connection refused (is"
+                      " the server running?)") from None
     except OSError as error:
-        raise OSError(f"cannot connect to {host} port {port}:"
+        raise OSError(f"cannot connect to {where}:"
                       f" {error.strerror or error}") from None
-    sock.settimeout(None)  # from now on, block until something arrives
     # Chat lines are small: send each one at once instead of letting the
     # kernel wait to batch them (Nagle's algorithm).
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return Connection(sock)
+    tls = None
+    if tls_context is not None:
+        try:
+            tls = start_tls(sock, host, where, tls_context)  # with timeout
+        except OSError:
+            sock.close()
+            raise
+    sock.settimeout(None)  # from now on, block until something arrives
+    return Connection(sock, tls)
 
 
 # --- The screen --------------------------------------------------------------
@@ -541,10 +684,15 @@ def register(conn: Connection, terminal: Terminal,
     that, or without it, the user is asked, if there is a terminal to ask
     on. Returns None if the user gave up (Ctrl+D). Raises JoinError.
     """
+    first = True
     while True:
-        line = conn.read_line()
+        line = _first_line(conn, terminal) if first else conn.read_line()
+        first = False
         if line is None:
             raise JoinError("the server closed the connection")
+        if line == protocol.format_tls_required():
+            # We spoke plain text to a TLS server; it said so, and closes.
+            raise JoinError(sanitize(line[len(protocol.ERROR):]))
         if protocol.welcomed_nick(line) is not None:
             terminal.show(render(line, "", terminal.colour))
             return protocol.welcomed_nick(line)
@@ -563,6 +711,23 @@ def register(conn: Connection, terminal: Terminal,
             raise JoinError(sanitize(line[len(protocol.ERROR):]))
         else:
             terminal.show(render(line, "", terminal.colour))
+
+
+def _first_line(conn: Connection, terminal: Terminal) -> Optional[str]:
+    """The server's first line. If it is slow to come, say that we are
+    waiting, and why that may be: a TLS server says nothing to a plain
+    client until its handshake times out."""
+    if conn.tls is None:
+        conn.sock.settimeout(SLOW_SERVER_HINT)
+        try:
+            return conn.read_line()
+        except socket.timeout:
+            terminal.show(render(local_notice(
+                "Connected, waiting for the server to answer... (if it uses"
+                " TLS, connect with --tls)"), "", terminal.colour))
+        finally:
+            conn.sock.settimeout(None)
+    return conn.read_line()
 
 
 # --- Chatting ----------------------------------------------------------------
@@ -757,7 +922,34 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         "--nick",
         help="nickname to join with; without it you are asked (or, when"
              " input is piped, its first line is the nickname)")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--tls", action="store_true",
+        help="encrypt the connection with TLS and check the server's"
+             " certificate (against the system's certificate authorities,"
+             " or --cafile)")
+    parser.add_argument(
+        "--cafile", metavar="FILE",
+        help="with --tls: trust the certificates in FILE (PEM) instead of"
+             " the system's; for a server with a self-signed certificate,"
+             " give its certificate: --cafile server.pem")
+    parser.add_argument(
+        "--insecure", action="store_true",
+        help="with --tls: do NOT check who the server is (encrypted, but"
+             " anyone in between can read and change it); for tests only")
+    args = parser.parse_args(argv)
+    if (args.cafile or args.insecure) and not args.tls:
+        parser.error("--cafile and --insecure go with --tls")
+    if args.cafile and args.insecure:
+        parser.error("--cafile and --insecure exclude each other")
+    if args.host.startswith("[") and args.host.endswith("]"):
+        args.host = args.host[1:-1]  # [::1], as in an address with a port
+    return args
+
+
+#: Printed on stderr for --insecure.
+INSECURE_WARNING = (
+    "WARNING: --insecure: the server's identity is NOT checked; anyone on"
+    " the network can read and change your messages")
 
 
 def fail(message: str) -> int:
@@ -773,10 +965,26 @@ def main(argv: Optional[List[str]] = None) -> int:
                         colour=wants_colour(sys.stdout))
     # "kill PID" makes the client leave politely too, as Ctrl+C does.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    tls_context = None
+    if args.tls:
+        try:
+            tls_context = make_tls_context(args.cafile, args.insecure)
+        except OSError as error:  # ssl.SSLError too
+            reason = (_ssl_reason(error) if isinstance(error, ssl.SSLError)
+                      else error.strerror or str(error))
+            return fail(f"cannot use --cafile {args.cafile}: {reason}")
+        if args.insecure:
+            print(INSECURE_WARNING, file=sys.stderr, flush=True)
     try:
-        conn = connect(args.host, args.port)
+        conn = connect(args.host, args.port, tls_context)
     except OSError as error:
         return fail(str(error))
+    if tls_context is not None:
+        checked = ("but the server's identity was NOT checked" if args.insecure
+                   else "server certificate checked")
+        terminal.show(render(local_notice(
+            f"Connected to {format_address(args.host, args.port)} over TLS"
+            f" ({checked})."), "", terminal.colour))
     try:
         return run(conn, terminal, args.nick)
     finally:

@@ -26,7 +26,7 @@ import ssl
 import threading
 import unicodedata
 from typing import (Callable, Iterable, List, NamedTuple, Optional, Sequence,
-                    Union)
+                    Tuple, Union)
 
 # --- Limits and defaults (each one is documented in README.md) -------------
 
@@ -124,10 +124,13 @@ class LineFramer:
                 continue
             if len(self._buffer) + len(piece) > self.max_line:
                 frames.append(OVERLONG)
-                self._discarded = len(self._buffer) + len(piece)
+                discarded = len(self._buffer) + len(piece)
                 self._buffer.clear()
-                if end >= 0:
-                    self._discarded = None
+                if end < 0:
+                    self._discarded = discarded
+                    if discarded > self.max_discard:
+                        raise FramingError(
+                            f"no end of line in {discarded} bytes")
                 continue
             if end < 0:
                 self._buffer += piece
@@ -279,13 +282,12 @@ def parse_command(line: str) -> Command:
         if " ".join(line.split()).lower() == SHUTDOWN_COMMAND:
             return Command("down")
         return Command("say", text=line)
-    flag, _, rest = line.partition(" ")
+    flag, rest = _split_word(line)
     flag = flag.lower()
     if flag not in _FLAGS:
         raise CommandError(
             f"unknown command {flag[:30]!r}; type -help for the list")
     name, argument = _FLAGS[flag]
-    rest = rest.strip()
     if argument == "":
         if rest:
             raise CommandError(f"{flag} takes no arguments")
@@ -297,8 +299,17 @@ def parse_command(line: str) -> Command:
         raise CommandError(f"usage: {flag} {what}")
     if argument == "password":
         return Command(name, target=rest)
-    target, _, text = rest.partition(" ")
-    return Command(name, target=target, text=text.strip())
+    target, text = _split_word(rest)
+    return Command(name, target=target, text=text)
+
+
+def _split_word(text: str) -> Tuple[str, str]:
+    """The first word of ``text`` and the rest, both stripped; words are
+    split at any white space (a tab too)."""
+    parts = text.split(None, 1)
+    if not parts:
+        return "", ""
+    return parts[0], (parts[1].strip() if len(parts) > 1 else "")
 
 
 # --- Server lines ----------------------------------------------------------------

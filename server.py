@@ -29,8 +29,10 @@ import ssl
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple
+from typing import (Callable, Deque, Dict, Iterator, List, Optional, Set,
+                    Tuple)
 
 import protocol
 from protocol import Command, Frame
@@ -138,6 +140,14 @@ class Outbox:
             self._chunks.append(data)
             self._size += len(data)
             if self._size <= self._limit:
+                return
+            stuck = self._sending or bool(self._unsent)
+        if not stuck:
+            # Over the limit only because nothing was offered to the
+            # socket yet (a burst queued in one go): offer it first.
+            self.flush()
+        with self._lock:
+            if self._closing or self._size <= self._limit:
                 return
             self._closing = True
             self._shut_down()
@@ -326,6 +336,7 @@ class Session:
         self.admin_tries = 0
         self.partner: Optional[Session] = None
         self.online = False       # in the registry
+        self.expired = False      # did not register in time
         self.close_reason = ""    # why the server cut it, for the log
 
     def _overflowed(self) -> None:
@@ -367,7 +378,7 @@ class Registry:
         """
         key = protocol.nick_key(nick)
         with self._lock:
-            if key in self._by_key:
+            if key in self._by_key or session.expired:
                 return False
             session.nick = nick
             session.online = True
@@ -394,6 +405,15 @@ class Registry:
             self._snapshot = None
             return True
 
+    def expire(self, session: Session) -> bool:
+        """Mark ``session`` as out of time to register, unless it already
+        has (checked under the lock, so it cannot register meanwhile)."""
+        with self._lock:
+            if session.online:
+                return False
+            session.expired = True
+            return True
+
     def find(self, nick: str) -> Optional[Session]:
         """The session using ``nick`` (any case), or None."""
         with self._lock:
@@ -415,6 +435,60 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._nicks)
+
+
+class RegisterDeadlines:
+    """Cuts connections that have not chosen a nickname in time.
+
+    Every connection gets the same time, so deadlines come in the order
+    connections do: one thread takes them from the front of a queue. (A
+    socket timeout would also do, but while one is set, every send on that
+    socket first waits until the socket is writable, and the outbox's
+    sends must never wait.)
+    """
+
+    def __init__(self, registry: Registry, timeout: float) -> None:
+        self._registry = registry
+        self._timeout = timeout
+        self._queue: Deque[Tuple[float, Session]] = deque()
+        self._wake = threading.Condition()
+        self._stopped = False
+        self._thread: Optional[threading.Thread] = None
+
+    def watch(self, session: Session) -> None:
+        with self._wake:
+            self._queue.append((time.monotonic() + self._timeout, session))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="deadlines", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopped = True
+            self._wake.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                if self._stopped:
+                    return
+                if not self._queue:
+                    self._wake.wait()
+                    continue
+                deadline, session = self._queue[0]
+                delay = deadline - time.monotonic()
+                if delay > 0:
+                    self._wake.wait(delay)
+                    continue
+                self._queue.popleft()
+            if self._registry.expire(session):
+                # Wake the handler's recv(); it says why and closes.
+                try:
+                    session.sock.shutdown(socket.SHUT_RD)
+                except OSError:
+                    pass
 
 
 class Announcer:
@@ -566,8 +640,6 @@ class ChatHandler(socketserver.BaseRequestHandler):
                 data = sock.recv(RECV_BYTES)
                 if data and self.session.tls:
                     data = self.session.tls.decrypt(data)
-            except socket.timeout:
-                raise  # the registration deadline; register() handles it
             except OSError as error:  # reset, or a broken TLS stream
                 self.session.close_reason = str(error)
                 return
@@ -622,45 +694,63 @@ class ChatHandler(socketserver.BaseRequestHandler):
 
     def register(self, frames: Iterator[Frame]) -> bool:
         """Ask for a nickname until one is accepted; False if the
-        connection ends first."""
+        connection ends first (or its time to register runs out)."""
         session = self.session
-        sock = session.sock
-        deadline = time.monotonic() + self.server.config.register_timeout
+        self.server.deadlines.watch(session)
         self.reply(protocol.format_nick_prompt())
-        try:
-            sock.settimeout(max(0.0, deadline - time.monotonic()))
-            for frame in frames:
-                nick = self.decode(frame)
-                if nick is not None:
-                    nick = nick.strip()
-                    if nick.lower() == "-exit":
-                        return False
-                    if nick and self.try_nick(nick):
-                        sock.settimeout(None)
-                        return True
-                    self.reply(protocol.format_nick_prompt())
-                sock.settimeout(max(0.001, deadline - time.monotonic()))
-        except socket.timeout:
+        for frame in frames:
+            nick = self.nick_from(frame)
+            if nick is not None and nick.lower() == "-exit":
+                return False
+            if nick and self.try_nick(nick):
+                return True
+            if session.expired:
+                break
+            self.reply(protocol.format_nick_prompt())
+        if session.expired:
             session.close_reason = "no nickname in time"
             self.reply(protocol.format_register_timeout())
         return False
+
+    def nick_from(self, frame: Frame) -> Optional[str]:
+        """The nickname a frame offers, or None after saying why it
+        cannot be one."""
+        if frame is protocol.OVERLONG:
+            self.refuse_nick("…", "it is far too long")
+            return None
+        try:
+            return protocol.decode_line(frame).strip()  # type: ignore
+        except protocol.ProtocolError as error:
+            shown = bytes(frame).decode(  # type: ignore[arg-type]
+                protocol.ENCODING, "replace")
+            self.refuse_nick(shown, str(error).split(",")[0])
+            return None
 
     def try_nick(self, nick: str) -> bool:
         """Register ``nick`` if it is valid and free, else say why not."""
         reason = protocol.nick_error(nick)
         if reason:
-            self.refuse(protocol.format_nick_refused(nick, reason))
+            self.refuse_nick(nick, reason)
             return False
         if not self.server.join(self.session, nick):
-            self.refuse(protocol.format_nick_taken(nick))
+            if not self.session.expired:
+                self.refuse_nick(nick, "it is taken, choose another")
             return False
         self.touched.add(self.session.outbox)  # the welcome join() queued
         return True
+
+    def refuse_nick(self, nick: str, reason: str) -> None:
+        # The log gets the reason only: people type all sorts of things at
+        # a nickname prompt, passwords included.
+        log.info("%s: nickname refused: %s", self.session.name, reason)
+        self.reply(protocol.format_nick_refused(nick, reason))
 
     # -- Commands
 
     def dispatch(self, line: str) -> None:
         """Run one line as a command."""
+        if not self.session.online:
+            raise _Leave  # kicked: what it sent after that goes nowhere
         if not line.strip():
             return
         try:
@@ -803,6 +893,8 @@ class ChatServer(socketserver.ThreadingTCPServer):
         self.config = config
         self.registry = Registry()
         self.announcer = Announcer(self, config.announce_limit)
+        self.deadlines = RegisterDeadlines(self.registry,
+                                           config.register_timeout)
         self._password = (config.admin_password.encode(protocol.ENCODING)
                           if config.admin_password else b"")
         self._connections: Set[Session] = set()
@@ -869,6 +961,7 @@ class ChatServer(socketserver.ThreadingTCPServer):
             self.shutdown()  # returns once serve_forever has stopped
         self.server_close()
         self.announcer.stop()
+        self.deadlines.stop()
         notice = protocol.encode_line(protocol.format_shutdown(reason))
         with self._connections_lock:
             everyone = list(self._connections)

@@ -56,6 +56,15 @@ splices together are counted as lost or malformed. ncat listens with a
 backlog of 10 and quits when a queued connection fails, so its clients
 connect 8 at a time; it uses select(), so the idle comparison stops at 1000.
 
+``--tls`` runs the same over TLS: the bench starts the server with
+``--tls-cert``/``--tls-key`` from ``tests/tls`` (or, with ``--port``, expects
+a running TLS server), and its clients do the TLS handshake (counted in the
+registration time) and then encrypt and decrypt every line, checking the
+server's certificate against ``--cafile`` (default ``tests/tls/cert.pem``).
+The clients run TLS over memory buffers (``ssl.MemoryBIO``) next to their
+non-blocking sockets, so the event loop is the same as without TLS. With
+``--compare-ncat`` ncat is started with ``--ssl --ssl-cert --ssl-key`` too.
+
 Everything goes to 127.0.0.1 or ::1 only. Each run is bounded by
 ``--timeout`` seconds (per run); a run that hits it reports what it got and
 is marked incomplete. The bench raises its open-file limit to the hard limit
@@ -66,6 +75,7 @@ Usage::
 
     python3 bench/load.py                          # fanout: N=100 S=10 M=500
     python3 bench/load.py --scenario latency --compare-ncat
+    python3 bench/load.py --scenario fanout --tls --repeat 3
     python3 bench/load.py --scenario idle          # 10,000 idle clients
     python3 bench/load.py --idle 1000              # idle, 1,000 clients
     python3 bench/load.py -n 20 -s 4 -m 1000 --rate 2000 --repeat 3
@@ -102,6 +112,7 @@ import selectors
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -120,6 +131,11 @@ REPO_DIR = os.path.dirname(BENCH_DIR)
 DEFAULT_SERVER = os.path.join(REPO_DIR, "server.py")
 DEFAULT_JSON = os.path.join(BENCH_DIR, "results", "latest.json")
 DEFAULT_HOST = "127.0.0.1"
+#: The test certificate and key: the server the bench starts with --tls
+#: serves them, and the clients trust the certificate unless --cafile.
+TLS_DIR = os.path.join(REPO_DIR, "tests", "tls")
+TLS_CERT = os.path.join(TLS_DIR, "cert.pem")
+TLS_KEY = os.path.join(TLS_DIR, "key.pem")
 
 DEFAULT_TIMEOUT_S = 120.0
 #: Seconds the idle mode holds its clients before it reads the server's RSS;
@@ -222,6 +238,8 @@ class Plan:
     rate: float
     nick_tag: str
     deadline_ns: int
+    tls: bool = False
+    cafile: str = ""              # certificates the TLS clients trust
 
 
 # --- Small helpers -----------------------------------------------------------
@@ -352,7 +370,8 @@ class Client:
 
     __slots__ = ("index", "nick", "sock", "state", "events", "out", "partial",
                  "chunks", "tokens", "expected", "seen_barrier", "started_ns",
-                 "registered_ns", "next_seq")
+                 "registered_ns", "next_seq", "tls", "tls_in", "tls_out",
+                 "secured")
 
     def __init__(self, index: int, nick: str, expected: int) -> None:
         self.index = index
@@ -369,6 +388,10 @@ class Client:
         self.started_ns = 0
         self.registered_ns = 0
         self.next_seq = 0                 # next line a sender sends
+        self.tls: Optional[ssl.SSLObject] = None   # with --tls
+        self.tls_in = ssl.MemoryBIO()     # received, not yet decrypted
+        self.tls_out = ssl.MemoryBIO()    # encrypted, not yet in ``out``
+        self.secured = False              # the TLS handshake is done
 
 
 class Worker:
@@ -411,6 +434,11 @@ class Worker:
         self.window = max(1, window // plan.workers)
         # ncat prefixes only the first line of what it relays at once.
         self.bare_tokens = not self.chat
+        self.tls_context: Optional[ssl.SSLContext] = None
+        if plan.tls:
+            self.tls_context = ssl.create_default_context(
+                cafile=plan.cafile or None)
+            self.tls_context.minimum_version = ssl.TLSVersion.TLSv1_2
 
     # The event loop.
 
@@ -482,8 +510,17 @@ class Worker:
             client.events = events
 
     def _send(self, client: Client, data: bytes) -> None:
-        client.out += data
+        client.out += self._wire(client, data)
         self._flush(client)
+
+    @staticmethod
+    def _wire(client: Client, data: bytes) -> bytes:
+        """What goes on the wire for ``data``: itself, or with TLS the
+        records that carry it."""
+        if client.tls is None:
+            return data
+        client.tls.write(data)
+        return client.tls_out.read()
 
     def _flush(self, client: Client) -> bool:
         """Hand queued bytes to the kernel; True when none are left."""
@@ -515,10 +552,14 @@ class Worker:
         except OSError as error:
             self._drop(client, f"recv: {error.strerror or error}")
             return
-        arrived = now_ns()
         if not data:
             self._drop(client, "connection closed by the server")
             return
+        if client.tls is not None:
+            data = self._decrypt(client, data)
+            if not data:
+                return
+        arrived = now_ns()
         cut = data.rfind(b"\n")
         if cut < 0:
             client.partial += data
@@ -533,6 +574,50 @@ class Worker:
             client.partial = data[cut + 1:]
             data = data[:cut + 1]
         self.on_lines(client, data, arrived)
+
+    def _decrypt(self, client: Client, data: bytes) -> bytes:
+        """The plain text in ``data`` (possibly none yet); runs the
+        handshake while it is not done. Drops the client on a TLS error."""
+        client.tls_in.write(data)
+        if not client.secured and not self._handshake(client):
+            return b""
+        pieces = []
+        try:
+            while True:
+                piece = client.tls.read(RECV_SIZE)
+                if not piece:
+                    break
+                pieces.append(piece)
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLZeroReturnError:
+            self._drop(client, "TLS closed by the server")
+            return b""
+        except ssl.SSLError as error:
+            self._drop(client, f"TLS: {error.reason or error}")
+            return b""
+        if client.tls_out.pending:  # a reply TLS itself needs to send
+            client.out += client.tls_out.read()
+            self._flush(client)
+        return b"".join(pieces)
+
+    def _handshake(self, client: Client) -> bool:
+        """One step of the TLS handshake; True once it is done (the client
+        then registers). Drops the client if the handshake fails."""
+        try:
+            client.tls.do_handshake()
+            client.secured = True
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLError as error:
+            reason = getattr(error, "verify_message", None) or error.reason
+            self._drop(client, f"TLS handshake: {reason or error}")
+            return False
+        client.out += client.tls_out.read()
+        self._flush(client)
+        if client.secured and client.state == REGISTERING:
+            self._secured(client)
+        return client.secured and client.state == REGISTERING
 
     def _note_error(self, reason: str) -> None:
         self.errors[reason] = self.errors.get(reason, 0) + 1
@@ -617,6 +702,16 @@ class Worker:
             return
         client.state = REGISTERING
         client.started_ns = client.started_ns or now_ns()
+        if self.tls_context is not None:
+            client.tls = self.tls_context.wrap_bio(
+                client.tls_in, client.tls_out,
+                server_hostname=self.plan.address[0])
+            self._handshake(client)   # sends the ClientHello
+        else:
+            self._secured(client)
+
+    def _secured(self, client: Client) -> None:
+        """Connected (and through the TLS handshake): register."""
         if self.chat:
             self._send(client, client.nick.encode() + b"\n")
         else:
@@ -776,8 +871,9 @@ class Worker:
                 return
             last = min(self.plan.messages, first + SEND_BATCH)
             stamp = now_ns()
-            client.out += b"".join(line % (client.index, seq, stamp)
-                                   for seq in range(first, last))
+            client.out += self._wire(client, b"".join(
+                line % (client.index, seq, stamp)
+                for seq in range(first, last)))
             client.next_seq = last
 
     def _measure_lines(self, client: Client, data: bytes, now: int) -> None:
@@ -1053,6 +1149,8 @@ def start_chat_server(args: argparse.Namespace, clients: int) -> Target:
                "--port", "0", "--admin-password", os.urandom(8).hex(),
                "--rate-limit", "0",
                "--max-clients", str(max(SERVER_MAX_CLIENTS, clients + 100))]
+    if args.tls:
+        command += ["--tls-cert", TLS_CERT, "--tls-key", TLS_KEY]
     command += args.server_arg
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
                                stdout=log, stderr=log, cwd=REPO_DIR)
@@ -1084,12 +1182,15 @@ def free_port(host: str) -> int:
         return probe.getsockname()[1]
 
 
-def start_ncat(host: str, clients: int) -> Target:
-    """Start ``ncat --chat`` on a free port and wait until it accepts."""
+def start_ncat(host: str, clients: int, tls: bool = False) -> Target:
+    """Start ``ncat --chat`` (``--ssl`` with ``tls``) on a free port and
+    wait until it accepts."""
     port = free_port(host)
     family, address = resolve(host, port)
     command = ["ncat", "--chat", "-l", address[0], str(port),
                "--max-conns", str(clients + NCAT_EXTRA_CONNS)]
+    if tls:
+        command += ["--ssl", "--ssl-cert", TLS_CERT, "--ssl-key", TLS_KEY]
     log = tempfile.NamedTemporaryFile(prefix="chat-bench-ncat-",
                                       suffix=".log", delete=False)
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
@@ -1124,7 +1225,7 @@ def open_target(args: argparse.Namespace, kind: str,
     """The server of one run: started now and stopped afterwards, or the
     one named by --port."""
     if kind == NCAT:
-        target = start_ncat(args.host, clients)
+        target = start_ncat(args.host, clients, args.tls)
     elif args.port:
         family, address = resolve(args.host, args.port)
         target = Target(CHAT, family, address, args.server_pid)
@@ -1137,7 +1238,8 @@ def open_target(args: argparse.Namespace, kind: str,
 
 
 def make_plans(kind: str, target: Target, scenario: Scenario, workers: int,
-               deadline_ns: int, tag: str) -> List[Plan]:
+               deadline_ns: int, tag: str, tls: bool = False,
+               cafile: str = "") -> List[Plan]:
     """Spread the clients over the workers round-robin (senders too)."""
     count = max(1, min(workers, scenario.clients))
     return [Plan(worker=number, workers=count, protocol=kind,
@@ -1146,7 +1248,8 @@ def make_plans(kind: str, target: Target, scenario: Scenario, workers: int,
                  clients=tuple(range(number, scenario.clients, count)),
                  total_clients=scenario.clients, senders=scenario.senders,
                  messages=scenario.messages, rate=scenario.rate,
-                 nick_tag=tag, deadline_ns=deadline_ns)
+                 nick_tag=tag, deadline_ns=deadline_ns, tls=tls,
+                 cafile=cafile)
             for number in range(count)]
 
 
@@ -1161,13 +1264,15 @@ def run_once(args: argparse.Namespace, kind: str, scenario: Scenario,
              name: str, tag: str) -> Dict[str, Any]:
     """One run of ``scenario`` against the chat server or ncat."""
     run = new_run(kind, scenario, name)
+    run["tls"] = args.tls
     run["load_average_1m"] = os.getloadavg()[0]
     deadline = now_ns() + int(args.timeout * NS_PER_S)
     try:
         with open_target(args, kind, scenario.clients) as target:
             run["server"] = {"pid": target.pid}
             workers = WorkerSet(make_plans(kind, target, scenario,
-                                           args.workers, deadline, tag))
+                                           args.workers, deadline, tag,
+                                           args.tls, args.cafile))
             finished = False
             try:
                 drive(run, target, workers, scenario, deadline, args.hold)
@@ -1414,6 +1519,8 @@ def busy_text(busy: Sequence[float]) -> str:
 def print_run(run: Dict[str, Any], number: int, total: int) -> None:
     rate = f"{run['rate']:g} lines/s" if run.get("rate") else "unpaced"
     head = f"{run['target']} {run['scenario']}: N={run['n']}"
+    if run.get("tls"):
+        head = head.replace(":", " over TLS:", 1)
     if not run["idle"]:
         head += f" S={run['s']} M={run['m']} {rate}"
     status = "" if run["complete"] else "  [INCOMPLETE]"
@@ -1605,7 +1712,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     add("--server-arg", action="append", default=[], metavar="ARG",
         help="extra argument for the started server; repeat for more"
              " (e.g. --server-arg=--announce-limit=50)")
+    add("--tls", action="store_true",
+        help="clients speak TLS; the started server (and ncat) serve the"
+             " test certificate, tests/tls/cert.pem")
+    add("--cafile", metavar="FILE",
+        help="with --tls: certificates the clients trust (default"
+             " tests/tls/cert.pem)")
     args = parser.parse_args(argv)
+    if args.cafile and not args.tls:
+        parser.error("--cafile goes with --tls")
+    args.cafile = args.cafile or (TLS_CERT if args.tls else "")
     resolve_scenario(parser, args)
     if not is_loopback(args.host):
         parser.error("--host must be a loopback address (127.0.0.1, ::1)")
@@ -1687,6 +1803,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                      "m": scenario.messages, "rate": scenario.rate or None,
                      "idle": scenario.idle, "workers": args.workers,
                      "repeat": args.repeat, "timeout_s": args.timeout,
+                     "tls": args.tls,
                      "cpus": os.cpu_count()},
         "runs": [run for kind in kinds for run in runs[kind]],
         "summary": summaries, "ratios_chat_over_ncat": ratios, "ok": ok})

@@ -35,9 +35,9 @@ class ReferenceFramer:
     obvious way: it keeps the whole unfinished line, however long.
 
     A line longer than ``max_line`` is reported once (``OVERLONG``) in the
-    chunk where it passes the limit and then dropped; a chunk with no
-    newline that takes an already over-long line past ``max_discard``
-    bytes raises ``FramingError``.
+    chunk where it passes the limit and then dropped; a chunk that leaves
+    an unfinished line of more than ``max_discard`` bytes raises
+    ``FramingError``.
     """
 
     def __init__(self, max_line: int, max_discard: int) -> None:
@@ -48,9 +48,6 @@ class ReferenceFramer:
 
     def feed(self, chunk: bytes) -> list:
         *complete, rest = chunk.split(b"\n")
-        if chunk and not complete and self.reported and \
-                len(self.tail) + len(rest) > self.max_discard:
-            raise protocol.FramingError("endless line")
         frames: list = []
         for part in complete:
             line, self.tail = self.tail + part, b""
@@ -63,6 +60,8 @@ class ReferenceFramer:
         if len(self.tail) > self.max_line and not self.reported:
             frames.append(OVERLONG)
             self.reported = True
+        if len(self.tail) > self.max_discard:
+            raise protocol.FramingError("endless line")
         return frames
 
     @property
@@ -211,10 +210,11 @@ def test_parse_command_on_arbitrary_lines(line):
         if command.name in ("to", "kick", "admin"):
             assert command.target and not command.target[0].isspace()
         if command.name in ("to", "kick"):
-            assert " " not in command.target
+            assert not any(char.isspace() for char in command.target)
         # Flags are case-insensitive: the same line, flag upper-cased.
-        flag, space, rest = line.partition(" ")
-        assert protocol.parse_command(flag.upper() + space + rest) == command
+        flag = line.split(None, 1)[0]
+        upper = flag.upper() + line[len(flag):]
+        assert protocol.parse_command(upper) == command
 
 
 # --- Nicknames and the lines that carry them ---------------------------------
