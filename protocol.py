@@ -365,9 +365,10 @@ def format_welcome(nick: str) -> str:
 
 def format_commands_hint() -> str:
     """The one-line list of commands shown on joining."""
+    # Short enough for an 80-column terminal; -help has the rest.
     return format_notice(
-        "Commands: -to NICK [text], -all [text], -users, -help, -exit,"
-        " -admin PASSWORD, -kick NICK, down server")
+        "Commands: -to NICK [text], -all [text], -users, -exit; -help for"
+        " more")
 
 
 def format_help() -> List[str]:

@@ -899,6 +899,7 @@ class ChatServer(socketserver.ThreadingTCPServer):
                           if config.admin_password else b"")
         self._connections: Set[Session] = set()
         self._connection_count = 0  # including those not yet in the set
+        self._all_closed = threading.Condition(self._connections_lock)
         self._connections_lock = threading.Lock()
         self._stopping = False
         self._stopped = threading.Event()
@@ -972,6 +973,10 @@ class ChatServer(socketserver.ThreadingTCPServer):
         deadline = time.monotonic() + CLOSE_GRACE_SECONDS
         for session in everyone:
             session.outbox.wait_drained(max(0.0, deadline - time.monotonic()))
+        # Let the handlers finish (and log who left) before saying so.
+        with self._all_closed:
+            self._all_closed.wait_for(lambda: not self._connection_count,
+                                      max(0.0, deadline - time.monotonic()))
         log.info("stopped")
         self._stopped.set()
 
@@ -1020,6 +1025,8 @@ class ChatServer(socketserver.ThreadingTCPServer):
     def _count_out(self) -> None:
         with self._connections_lock:
             self._connection_count -= 1
+            if not self._connection_count:
+                self._all_closed.notify_all()
 
     def connected(self, session: Session) -> bool:
         """Note a new connection, so that :meth:`stop` can reach it; False
@@ -1187,7 +1194,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s")
     password = args.admin_password or os.environ.get(PASSWORD_ENV, "")
-    if not password:
+    if password:
+        log.info("admin password set from %s", "--admin-password"
+                 if args.admin_password else f"${PASSWORD_ENV}")
+    else:
         password = secrets.token_urlsafe(9)
         # On the console only, never in the log.
         print(f"Admin password for this run: {password}", file=sys.stderr,

@@ -19,7 +19,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 OUT=$ROOT/screenshots
 PORT=4321
-COLS=90 ROWS=24                 # each terminal window, in characters
+COLS=90 ROWS=26                 # each terminal window, in characters
 FONT='DejaVu Sans Mono' FONT_SIZE=11
 WAIT_STEPS=150 WAIT_STEP=0.1    # a wait gives up after 150 x 0.1 s = 15 s
 
@@ -67,6 +67,9 @@ descendants() {  # every process below $1, deepest first
 
 cleanup() {
     local status=$? name pid
+    # A background job forked from this shell can get here too before it
+    # starts its program; only the script itself cleans up.
+    [[ $BASHPID == "$$" ]] || exit "$status"
     trap - EXIT
     for name in "${!TERM_PID[@]}"; do
         pid=${TERM_PID[$name]}
@@ -113,7 +116,7 @@ PORT_ARG=""
 [[ $PORT == 4321 ]] || PORT_ARG=" --port $PORT"
 
 # Xvfb picks a free display number itself and writes it to fd 3.
-Xvfb -displayfd 3 -screen 0 2560x1050x24 -nolisten tcp \
+Xvfb -displayfd 3 -screen 0 2560x1150x24 -nolisten tcp \
     3>"$TMP/display" 2>"$TMP/xvfb.log" &
 XVFB_PID=$!
 for ((i = 0; i < WAIT_STEPS; i++)); do
@@ -123,6 +126,10 @@ for ((i = 0; i < WAIT_STEPS; i++)); do
 done
 [[ -s $TMP/display ]] || { say "Xvfb did not start in time"; exit 1; }
 export DISPLAY=":$(tr -dc 0-9 <"$TMP/display")"
+for ((i = 0; i < WAIT_STEPS; i++)); do
+    xdotool getdisplaygeometry >/dev/null 2>&1 && break
+    sleep "$WAIT_STEP"
+done
 
 cat >"$TMP/bashrc" <<EOF
 PS1='\$ '
@@ -135,22 +142,31 @@ EOF
 # open_window NAME COLUMN ROW: an xterm titled NAME at that place on the
 # screen (a 3 x 2 grid, no overlaps), running an interactive bash whose
 # output is also copied to $TMP/NAME.log.
+declare -A PLACE=()
 open_window() {
-    local name=$1 x=$(($2 * 850)) y=$(($3 * 520))
-    LANG=C.UTF-8 xterm -geometry "${COLS}x${ROWS}+$x+$y" \
+    local name=$1
+    PLACE[$name]="$2 $3"
+    LANG=C.UTF-8 xterm -geometry "${COLS}x${ROWS}+$(($2 * 850))+$(($3 * 570))" \
         -fa "$FONT" -fs "$FONT_SIZE" -bg '#1d1f21' -fg '#e0e0e0' \
         -cr '#e0e0e0' -b 6 +sb -T "$name" -n "$name" \
         -e script -q -f "$TMP/$name.log" \
-        -c "bash --rcfile '$TMP/bashrc' -i" &
+        -c "bash --rcfile '$TMP/bashrc' -i" 2>>"$TMP/xterm.log" &
     TERM_PID[$name]=$!
 }
 
-# find_window NAME: remember the X window id of the xterm titled NAME.
+# find_window NAME: remember the X window id of the xterm titled NAME. Once
+# in a while a new X server refuses a connection ("Can't open display");
+# an xterm that ended so is started again (twice at most).
 find_window() {
-    local i id
+    local i id tries=0
     for ((i = 0; i < WAIT_STEPS; i++)); do
         id=$(xdotool search --onlyvisible --name "^$1\$" 2>/dev/null | head -n 1 || true)
         if [[ -n $id ]]; then WID[$1]=$id; return 0; fi
+        if ! kill -0 "${TERM_PID[$1]}" 2>/dev/null && ((tries++ < 2)); then
+            wait "${TERM_PID[$1]}" 2>/dev/null || true
+            say "the $1 window closed at once; opening it again"
+            open_window "$1" ${PLACE[$1]}
+        fi
         sleep "$WAIT_STEP"
     done
     say "no window titled $1"; return 1
@@ -191,27 +207,45 @@ wait_idle() {
 
 # --- Pictures -----------------------------------------------------------------
 
-# grab NAME LABEL: photograph the window NAME, with LABEL in a bar above it;
-# prints the file name.
+# grab NAME LABEL: photograph the window NAME; prints the file name. LABEL
+# is kept next to it (FILE.label) for picture().
 grab() {
     local file
     file=$(mktemp --suffix=.png "$TMP/shot-$1-XXXXXX")
-    import -window "${WID[$1]}" "$TMP/raw.png"
-    convert "$TMP/raw.png" -background '#4a4d52' -gravity north \
-        -splice 0x30 -font DejaVu-Sans-Bold -pointsize 16 -fill white \
-        -annotate +0+6 "$2" "$file"
+    import -window "${WID[$1]}" "$file"
+    printf '%s' "$2" >"$file.label"
     echo "$file"
 }
 
-# picture OUT.png TILE FILE...: put the labelled windows together.
+# picture OUT.png TILE FILE...: put the windows together (TILE is montage's
+# -tile, e.g. 2x for two columns), each with its label in a bar above it.
+# The empty rows at the bottom of the windows are cut off, the same height
+# from each, leaving about one empty row under the lowest text.
 picture() {
-    local out=$1 tile=$2
+    local out=$1 tile=$2 file box bottom=0 height full
     shift 2
-    montage "$@" -tile "$tile" -geometry +8+8 -background '#ffffff' \
-        miff:- |
-        # Terminal text has few colours: a 256-colour palette (no
-        # dithering) looks the same and makes the file 3 times smaller.
-        convert - +dither -colors 256 -strip PNG8:"$TMP/out.png"
+    for file in "$@"; do
+        # The box around what differs from the background: WxH+X+Y.
+        box=$(convert "$file" -fuzz 5% -format '%@' info:)
+        box=${box#*x}
+        height=${box%%+*}
+        ((height + ${box##*+} > bottom)) && bottom=$((height + ${box##*+}))
+    done
+    full=$(identify -format '%h' "$1")  # all windows are the same size
+    height=$((bottom + 2 * FONT_SIZE + 12))
+    ((height <= full)) || height=$full
+    local -a tiles=()
+    for file in "$@"; do
+        convert "$file" -crop "x$height+0+0" +repage \
+            -background '#4a4d52' -gravity north -splice 0x30 \
+            -font DejaVu-Sans-Bold -pointsize 16 -fill white \
+            -annotate +0+6 "$(cat "$file.label")" "$file.labelled.png"
+        tiles+=("$file.labelled.png")
+    done
+    # Terminal text has few colours: a 256-colour palette (no dithering)
+    # looks the same and makes the file 3 times smaller.
+    montage "${tiles[@]}" -tile "$tile" -geometry +8+8 -background '#ffffff' \
+        miff:- | convert - +dither -colors 256 -strip PNG8:"$TMP/out.png"
     mv "$TMP/out.png" "$OUT/$out"
     say "wrote screenshots/$out"
 }
