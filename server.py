@@ -899,8 +899,8 @@ class ChatServer(socketserver.ThreadingTCPServer):
                           if config.admin_password else b"")
         self._connections: Set[Session] = set()
         self._connection_count = 0  # including those not yet in the set
-        self._all_closed = threading.Condition(self._connections_lock)
         self._connections_lock = threading.Lock()
+        self._all_closed = threading.Condition(self._connections_lock)
         self._stopping = False
         self._stopped = threading.Event()
         self._accepting = False
