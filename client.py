@@ -354,7 +354,7 @@ def start_tls(sock: socket.socket, host: str, where: str,
         else:
             reason = _ssl_reason(error)
     except socket.timeout:
-        reason = f"no answer in {CONNECT_TIMEOUT:g} s"
+        reason = f"no answer in {sock.gettimeout() or 0:g} s"
     except ConnectionError:
         reason = "the server closed the connection"
     except OSError as error:

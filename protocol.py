@@ -545,6 +545,7 @@ class TLSLayer:
                                      server_side=server_side,
                                      server_hostname=server_hostname)
         self._lock = threading.Lock()
+        self._ended = False  # the peer's close_notify has come
 
     def handshake(self, send: Callable[[bytes], None],
                   receive: Callable[[], bytes]) -> None:
@@ -578,16 +579,21 @@ class TLSLayer:
         with self._lock:
             self._incoming.write(data)
             pieces = []
-            while True:
+            while not self._ended:
                 try:
                     piece = self._tls.read(64 * 1024)
                 except ssl.SSLWantReadError:
-                    break
+                    break  # no complete record left
                 except ssl.SSLZeroReturnError:
-                    return None
+                    piece = b""
                 if not piece:
+                    # Python's read() returns b"" (rather than raising)
+                    # once the peer's close_notify has come.
+                    self._ended = True
                     break
                 pieces.append(piece)
+            if self._ended and not pieces:
+                return None
             return b"".join(pieces)
 
     def encrypt(self, data: bytes) -> bytes:

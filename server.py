@@ -634,18 +634,28 @@ class ChatHandler(socketserver.BaseRequestHandler):
         """Framed lines from the socket until it closes, at the pace the
         token bucket allows. Replies are flushed before each wait."""
         sock = self.session.sock
+        tls = self.session.tls
+        # TLS 1.3: lines the client sent right after its Finished message
+        # may have come with it; they wait in the TLS buffers already.
+        buffered = tls is not None
         while True:
             self.flush()
             try:
-                data = sock.recv(RECV_BYTES)
-                if data and self.session.tls:
-                    data = self.session.tls.decrypt(data)
+                if buffered:
+                    buffered = False
+                    data = tls.decrypt(b"")
+                else:
+                    data = sock.recv(RECV_BYTES)
+                    if not data:
+                        return  # the peer closed the connection
+                    if tls:
+                        data = tls.decrypt(data)
             except OSError as error:  # reset, or a broken TLS stream
                 self.session.close_reason = str(error)
                 return
+            if data is None:
+                return  # the peer ended TLS (close_notify)
             if not data:
-                if data is None or not self.session.tls:
-                    return  # the peer closed the connection
                 continue  # TLS: no complete record yet
             for frame in self.framer.feed(data):
                 pause = self.bucket.delay()

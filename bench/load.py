@@ -61,6 +61,9 @@ connect 8 at a time; it uses select(), so the idle comparison stops at 1000.
 a running TLS server), and its clients do the TLS handshake (counted in the
 registration time) and then encrypt and decrypt every line, checking the
 server's certificate against ``--cafile`` (default ``tests/tls/cert.pem``).
+A TLS client sends its nickname when the server's prompt comes, that is
+once the server is through its side of the handshake (a plain client sends
+it at once).
 The clients run TLS over memory buffers (``ssl.MemoryBIO``) next to their
 non-blocking sockets, so the event loop is the same as without TLS. With
 ``--compare-ncat`` ncat is started with ``--ssl --ssl-cert --ssl-key`` too.
@@ -199,6 +202,7 @@ TOKEN_START = b"t "         # ...and "t 3 18 123", relayed bare by ncat
 BARE_TOKEN_MARK = b"\nt "
 BARRIER_MARK = b" barrier "
 WELCOME_MARK = b"* Welcome, "
+PROMPT_MARK = b"* Choose a nickname"
 ERROR_MARK = b"! "
 
 LISTENING_RE = re.compile(r"listening on \[?([0-9A-Fa-f:.]+)\]?:(\d+)")
@@ -389,8 +393,8 @@ class Client:
         self.registered_ns = 0
         self.next_seq = 0                 # next line a sender sends
         self.tls: Optional[ssl.SSLObject] = None   # with --tls
-        self.tls_in = ssl.MemoryBIO()     # received, not yet decrypted
-        self.tls_out = ssl.MemoryBIO()    # encrypted, not yet in ``out``
+        self.tls_in: Optional[ssl.MemoryBIO] = None   # not yet decrypted
+        self.tls_out: Optional[ssl.MemoryBIO] = None  # not yet in ``out``
         self.secured = False              # the TLS handshake is done
 
 
@@ -703,6 +707,7 @@ class Worker:
         client.state = REGISTERING
         client.started_ns = client.started_ns or now_ns()
         if self.tls_context is not None:
+            client.tls_in, client.tls_out = ssl.MemoryBIO(), ssl.MemoryBIO()
             client.tls = self.tls_context.wrap_bio(
                 client.tls_in, client.tls_out,
                 server_hostname=self.plan.address[0])
@@ -711,8 +716,9 @@ class Worker:
             self._secured(client)
 
     def _secured(self, client: Client) -> None:
-        """Connected (and through the TLS handshake): register."""
-        if self.chat:
+        """Connected (and through the TLS handshake): register. A TLS
+        client waits for the prompt (see _register_lines)."""
+        if self.chat and client.tls is None:
             self._send(client, client.nick.encode() + b"\n")
         else:
             self._set_events(client, READ)
@@ -740,6 +746,8 @@ class Worker:
                 text = line.decode("utf-8", "replace")
                 self._drop(client, f"refused: {text[:100]}")
                 return
+        if client.tls is not None and PROMPT_MARK in data:
+            self._send(client, client.nick.encode() + b"\n")
 
     def _ncat_registered(self, now: int) -> None:
         """ncat clients connected long enough count as registered even if
