@@ -846,7 +846,7 @@ class ChatHandler(socketserver.BaseRequestHandler):
             self.refuse(protocol.format_admin_only("shut the server down"))
             return
         self.flush()
-        self.server.stop(f"by admin {self.session.nick}")
+        self.server.stop(f"by admin {self.session.nick}", from_handler=True)
         raise _Leave
 
     # -- Helpers for commands
@@ -957,10 +957,11 @@ class ChatServer(socketserver.ThreadingTCPServer):
         log.info("listening on %s%s", format_address(self.server_address),
                  " (TLS)" if self.tls_context else "")
 
-    def stop(self, reason: str = "") -> None:
+    def stop(self, reason: str = "", from_handler: bool = False) -> None:
         """Stop accepting, give every user the shutdown notice after what
         was already queued for them, close every connection, and return.
-        Safe to call more than once and from any thread."""
+        Safe to call more than once and from any thread; a connection's
+        handler calling it says so, so as not to wait for itself."""
         with self._connections_lock:
             first_call = not self._stopping
             self._stopping = True
@@ -985,8 +986,9 @@ class ChatServer(socketserver.ThreadingTCPServer):
             session.outbox.wait_drained(max(0.0, deadline - time.monotonic()))
         # Let the handlers finish (and log who left) before saying so.
         with self._all_closed:
-            self._all_closed.wait_for(lambda: not self._connection_count,
-                                      max(0.0, deadline - time.monotonic()))
+            self._all_closed.wait_for(
+                lambda: self._connection_count <= int(from_handler),
+                max(0.0, deadline - time.monotonic()))
         log.info("stopped")
         self._stopped.set()
 
@@ -1035,7 +1037,7 @@ class ChatServer(socketserver.ThreadingTCPServer):
     def _count_out(self) -> None:
         with self._connections_lock:
             self._connection_count -= 1
-            if not self._connection_count:
+            if self._connection_count <= 1:
                 self._all_closed.notify_all()
 
     def connected(self, session: Session) -> bool:
