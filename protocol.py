@@ -28,7 +28,7 @@ import unicodedata
 from typing import (Callable, Iterable, List, NamedTuple, Optional, Sequence,
                     Tuple, Union)
 
-# --- Limits and defaults (each one is documented in README.md) -------------
+# --- Limits and defaults (each one is documented in README.md) ---------------
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4321
@@ -62,7 +62,7 @@ DEFAULT_ANNOUNCE_LIMIT = 100
 #: Names listed by name in a batched or joining notice; the rest are counted.
 MAX_NAMES_SHOWN = 50
 
-# --- Framing ----------------------------------------------------------------
+# --- Framing -----------------------------------------------------------------
 
 
 class ProtocolError(ValueError):
@@ -170,8 +170,8 @@ def decode_line(raw: bytes) -> str:
     found = _CONTROL_RE.search(text)
     if found:
         raise ProtocolError(
-            f"control characters are not allowed (found U+{ord(found.group()):04X}),"
-            " line dropped")
+            "control characters are not allowed"
+            f" (found U+{ord(found.group()):04X}), line dropped")
     return text
 
 
@@ -180,7 +180,7 @@ def encode_line(text: str) -> bytes:
     return (text + "\n").encode(ENCODING)
 
 
-# --- Nicknames ----------------------------------------------------------------
+# --- Nicknames ---------------------------------------------------------------
 
 
 def nick_error(nick: str) -> Optional[str]:
@@ -217,7 +217,7 @@ def nick_key(nick: str) -> str:
     return unicodedata.normalize("NFC", nick).casefold()
 
 
-# --- Commands -------------------------------------------------------------------
+# --- Commands ----------------------------------------------------------------
 
 
 class CommandError(ProtocolError):
@@ -312,7 +312,7 @@ def _split_word(text: str) -> Tuple[str, str]:
     return parts[0], (parts[1].strip() if len(parts) > 1 else "")
 
 
-# --- Server lines ----------------------------------------------------------------
+# --- Server lines ------------------------------------------------------------
 # Every line the server sends is made by one of these functions, so its wording
 # lives in one place; parse_server_line() reads them back for the client.
 
@@ -523,7 +523,7 @@ def format_flooding() -> str:
     return format_error("no end of line in a megabyte; disconnecting")
 
 
-# --- TLS ----------------------------------------------------------------------
+# --- TLS ---------------------------------------------------------------------
 
 
 class TLSLayer:
@@ -605,7 +605,7 @@ class TLSLayer:
             return self._outgoing.read()
 
 
-# --- Reading server lines (for clients) ---------------------------------------------
+# --- Reading server lines (for clients) --------------------------------------
 
 
 class ServerLine(NamedTuple):

@@ -97,7 +97,7 @@ class ServerConfig:
     tls_key: str = ""
 
 
-# --- Sending ------------------------------------------------------------------
+# --- Sending -----------------------------------------------------------------
 
 
 class Outbox:
@@ -316,7 +316,7 @@ class TokenBucket:
         return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
 
 
-# --- Who is online --------------------------------------------------------------
+# --- Who is online -----------------------------------------------------------
 
 
 class Session:
@@ -545,7 +545,7 @@ class Announcer:
                 self._server.broadcast(protocol.format_left_many(left))
 
 
-# --- The connection handler ----------------------------------------------------------
+# --- The connection handler --------------------------------------------------
 
 
 class _Leave(Exception):
@@ -887,7 +887,7 @@ def configure_socket(sock: socket.socket) -> None:
         pass  # the peer may already be gone; recv() will tell
 
 
-# --- The server ---------------------------------------------------------------------
+# --- The server --------------------------------------------------------------
 
 
 class ChatServer(socketserver.ThreadingTCPServer):
@@ -941,7 +941,8 @@ class ChatServer(socketserver.ThreadingTCPServer):
 
     # -- Life cycle
 
-    def serve_forever(self, poll_interval: float = ACCEPT_POLL_SECONDS) -> None:
+    def serve_forever(self,
+                      poll_interval: float = ACCEPT_POLL_SECONDS) -> None:
         """Accept connections until :meth:`stop`."""
         self._accepting = True
         super().serve_forever(poll_interval)
@@ -1073,10 +1074,10 @@ class ChatServer(socketserver.ThreadingTCPServer):
             users = protocol.format_users(
                 [s.nick for s in first], nick,
                 [s.nick for s in first if s.is_admin], total=count)
-            session.outbox.put(b"".join(protocol.encode_line(text) for text in (
-                protocol.format_welcome(nick),
-                protocol.format_commands_hint(),
-                users)))
+            lines = (protocol.format_welcome(nick),
+                     protocol.format_commands_hint(), users)
+            session.outbox.put(
+                b"".join(protocol.encode_line(text) for text in lines))
 
         if not self.registry.add(session, nick, greet):
             return False
@@ -1140,7 +1141,7 @@ def raise_open_file_limit() -> None:
             pass
 
 
-# --- Command line -----------------------------------------------------------------------
+# --- Command line ------------------------------------------------------------
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
