@@ -898,6 +898,11 @@ class ChatServer(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     block_on_close = False
     request_queue_size = 1024
+    #: Set by main(): the process exits right after stop(), and its exit
+    #: closes every socket at once. Shutting thousands of sockets down one
+    #: by one would wake every handler thread at the same moment, all
+    #: wanting the GIL, which takes seconds.
+    exits_after_stop = False
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
@@ -981,16 +986,21 @@ class ChatServer(socketserver.ThreadingTCPServer):
         for session in everyone:
             session.outbox.put(notice)
             session.outbox.flush()
-            session.outbox.close()
         deadline = time.monotonic() + CLOSE_GRACE_SECONDS
         for session in everyone:
             session.outbox.wait_drained(max(0.0, deadline - time.monotonic()))
-        # Let the handlers finish (and log who left) before saying so.
-        with self._all_closed:
-            self._all_closed.wait_for(
-                lambda: self._connection_count <= int(from_handler),
-                max(0.0, deadline - time.monotonic()))
-        log.info("stopped")
+        if self.exits_after_stop:
+            log.info("stopped; %d connections close as the process exits",
+                     len(everyone))
+        else:
+            for session in everyone:
+                session.outbox.close()
+            # Let the handlers finish (and log who left) before saying so.
+            with self._all_closed:
+                self._all_closed.wait_for(
+                    lambda: self._connection_count <= int(from_handler),
+                    max(0.0, deadline - time.monotonic()))
+            log.info("stopped")
         self._stopped.set()
 
     def wait_stopped(self, timeout: Optional[float] = None) -> bool:
@@ -1241,6 +1251,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    server.exits_after_stop = True
     server.log_listening()
     server.serve_forever()
     server.wait_stopped(CLOSE_GRACE_SECONDS * 3)
