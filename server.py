@@ -128,16 +128,19 @@ class Outbox:
         self._unsent = b""        # encoded bytes the socket has not taken
         self._size = 0            # bytes in both, for the limit
         self._sending = False     # a thread is sending: the others wait
-        self._closing = False     # no more puts; shut down once drained
+        self._sealed = False      # no more puts
+        self._closing = False     # shut down once drained
         self._done = False        # socket shut down: drop everything
         self._writer: Optional[threading.Thread] = None
 
-    def put(self, data: bytes) -> None:
-        """Queue ``data``; it leaves at the next :meth:`flush`."""
+    def put(self, data: bytes, last: bool = False) -> None:
+        """Queue ``data``; it leaves at the next :meth:`flush`. With
+        ``last``, nothing queued after it is taken."""
         with self._lock:
-            if self._closing:
+            if self._sealed:
                 return
             self._chunks.append(data)
+            self._sealed = last
             self._size += len(data)
             if self._size <= self._limit:
                 return
@@ -149,7 +152,7 @@ class Outbox:
         with self._lock:
             if self._closing or self._size <= self._limit:
                 return
-            self._closing = True
+            self._sealed = self._closing = True
             self._shut_down()
         self._on_overflow()
 
@@ -197,7 +200,7 @@ class Outbox:
         with self._lock:
             if self._closing:
                 return
-            self._closing = True
+            self._sealed = self._closing = True
             if self._chunks or self._unsent or self._sending:
                 # A peer that does not read must not hold the writer forever.
                 self._sock.settimeout(CLOSE_GRACE_SECONDS)
@@ -348,9 +351,10 @@ class Session:
         """Send one line now (a reply to this user)."""
         self.outbox.send(protocol.encode_line(text))
 
-    def send_lines(self, lines: List[str]) -> None:
-        """Send several lines in one go."""
-        self.outbox.send(b"".join(protocol.encode_line(t) for t in lines))
+    def send_last(self, text: str) -> None:
+        """Send the last line this connection gets (goodbye, kicked)."""
+        self.outbox.put(protocol.encode_line(text), last=True)
+        self.outbox.flush()
 
     def __repr__(self) -> str:
         return f"<Session {self.nick or '?'} {self.name}>"
@@ -810,7 +814,7 @@ class ChatHandler(socketserver.BaseRequestHandler):
         self.reply(*protocol.format_help())
 
     def do_exit(self, command: Command) -> None:
-        self.reply(protocol.format_goodbye(self.session.nick))
+        self.session.send_last(protocol.format_goodbye(self.session.nick))
         raise _Leave
 
     def do_admin(self, command: Command) -> None:
@@ -984,7 +988,7 @@ class ChatServer(socketserver.ThreadingTCPServer):
         with self._connections_lock:
             everyone = list(self._connections)
         for session in everyone:
-            session.outbox.put(notice)
+            session.outbox.put(notice, last=True)
             session.outbox.flush()
         deadline = time.monotonic() + CLOSE_GRACE_SECONDS
         for session in everyone:
@@ -1102,7 +1106,7 @@ class ChatServer(socketserver.ThreadingTCPServer):
         log.info("%s (%s) kicked %s (%s)%s", admin.nick, admin.name,
                  target.nick, target.name, f": {reason}" if reason else "")
         target.close_reason = f"kicked by {admin.nick}"
-        target.send_line(protocol.format_you_were_kicked(admin.nick, reason))
+        target.send_last(protocol.format_you_were_kicked(admin.nick, reason))
         target.outbox.close()
         self.broadcast(protocol.format_kicked(target.nick, admin.nick, reason))
 
