@@ -1069,16 +1069,13 @@ class ChatServer(socketserver.ThreadingTCPServer):
         """A connection ended: take its user out and tell the others."""
         with self._connections_lock:
             self._connections.discard(session)
-        if self.registry.remove(session):
-            if not self._stopping:
-                self.announcer.left(session.nick)
-            log.info("%s (%s) left%s", session.nick, session.name,
-                     f": {session.close_reason}" if session.close_reason
-                     else "")
+        if self.registry.remove(session) and not self._stopping:
+            self.announcer.left(session.nick)
+        why = f": {session.close_reason}" if session.close_reason else ""
+        if session.nick:  # registered (perhaps kicked already)
+            log.info("%s (%s) left%s", session.nick, session.name, why)
         else:
-            log.info("%s: disconnected%s", session.name,
-                     f": {session.close_reason}" if session.close_reason
-                     else "")
+            log.info("%s: disconnected%s", session.name, why)
         session.outbox.close()
 
     def join(self, session: Session, nick: str) -> bool:
