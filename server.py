@@ -156,11 +156,6 @@ class Outbox:
             self._shut_down()
         self._on_overflow()
 
-    def send(self, data: bytes) -> None:
-        """Queue ``data`` and flush at once."""
-        self.put(data)
-        self.flush()
-
     def flush(self) -> None:
         """Send what is queued, without blocking; leave what the socket
         does not take to the writer thread."""
@@ -218,11 +213,6 @@ class Outbox:
                     return False
                 self._wake.wait(remaining)
         return True
-
-    @property
-    def queued(self) -> int:
-        """Bytes waiting to be sent."""
-        return self._size
 
     def _take(self) -> bytes:
         # With the lock held: claim the right to send, and what to send.
@@ -346,10 +336,6 @@ class Session:
         # The outbox has shut the socket down; the reader thread wakes up
         # and ends the session. The peer is not reading, so no line is sent.
         self.close_reason = "send queue exceeded"
-
-    def send_line(self, text: str) -> None:
-        """Send one line now (a reply to this user)."""
-        self.outbox.send(protocol.encode_line(text))
 
     def send_last(self, text: str) -> None:
         """Send the last line this connection gets (goodbye, kicked)."""
@@ -599,7 +585,7 @@ class ChatHandler(socketserver.BaseRequestHandler):
             pass
         except protocol.FramingError as error:
             session.close_reason = str(error)
-            session.send_line(protocol.format_flooding())
+            session.send_last(protocol.format_flooding())
         except Exception:  # never let a bug in one handler go unlogged
             log.exception("%s: unexpected error", session.name)
             session.close_reason = "internal error"
