@@ -14,9 +14,9 @@ Everything both ends must agree on lives here, so that ``server.py`` and
 
 The protocol is UTF-8 text, one message per line, ending in ``\\n``
 (``\\r\\n`` is accepted), so ``nc 127.0.0.1 4321`` is a usable client.
-Every server line starts with a marker a nickname cannot start with:
-``* `` for a notice, ``! `` for an error, ``[private] `` for a private
-message; a public message is ``NICK: text``.
+A notice starts with ``* ``, an error with ``! ``, a private message with
+``[private] ``, markers no nickname can start with; a public message is
+``NICK: text``.
 """
 
 from __future__ import annotations
