@@ -11,7 +11,9 @@ the server and prints them. Both print through one :class:`Terminal`, which
 owns the screen: it prints each incoming line above your prompt and redraws
 the prompt with your half-typed text. Every received line goes through
 :func:`sanitize` before it is shown, so another user cannot send escape
-sequences that drive your terminal.
+sequences that drive your terminal. Once you press Enter, the line you
+typed is rewritten in place to show where it went (``-to bob hi`` becomes
+``[to bob]> hi``; see :func:`echo_for`), and a password is starred out.
 
 With ``--tls`` the lines travel encrypted, and the server's certificate is
 checked against the system's certificate authorities or ``--cafile FILE``.
@@ -38,7 +40,7 @@ import threading
 import unicodedata
 from collections import deque
 from types import ModuleType
-from typing import Deque, List, Optional, Sequence, TextIO
+from typing import Deque, List, Optional, Sequence, TextIO, Tuple
 
 import protocol
 
@@ -443,15 +445,45 @@ def _readline_cursor(rl_point: Optional[ctypes.c_int], typed: str) -> int:
     return min(len(before), len(typed))
 
 
-def text_width(text: str) -> int:
-    """Columns ``text`` takes on a terminal: wide characters (Chinese,
+def char_width(char: str) -> int:
+    """Columns one character takes on a terminal: wide characters (Chinese,
     emoji, ...) take two, combining marks and invisible ones none."""
-    width = 0
+    if unicodedata.combining(char) or unicodedata.category(char) == "Cf":
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in "WF" else 1
+
+
+def text_width(text: str) -> int:
+    """Columns ``text`` takes on a terminal (see :func:`char_width`)."""
+    return sum(char_width(char) for char in text)
+
+
+def screen_position(text: str, columns: int) -> Tuple[int, int]:
+    """Where the cursor is, as (row, column) counted from 0, after ``text``
+    is printed from the start of a row on a terminal ``columns`` wide.
+
+    Text wraps at the right edge, and a wide character that does not fit in
+    what is left of a row goes whole to the next one (terminals and readline
+    both do that). A row filled exactly counts as ending at the start of
+    the next row: readline puts its cursor there.
+    """
+    columns = max(columns, 1)
+    row = column = 0
     for char in text:
-        if unicodedata.combining(char) or unicodedata.category(char) == "Cf":
-            continue
-        width += 2 if unicodedata.east_asian_width(char) in "WF" else 1
-    return width
+        width = char_width(char)
+        if column + width > columns:  # does not fit: to the next row
+            row, column = row + 1, 0
+        column += width
+        if column >= columns:
+            row, column = row + 1, 0
+    return row, column
+
+
+def screen_rows(text: str, columns: int) -> int:
+    """How many rows ``text`` takes when printed from the start of a row on
+    a terminal ``columns`` wide (at least one)."""
+    row, column = screen_position(text, columns)
+    return max(row + (1 if column else 0), 1)
 
 
 class InputLine:
@@ -459,8 +491,9 @@ class InputLine:
     may wrap onto several screen rows. Knows how to clear it and how to
     draw it again with the cursor where it was.
 
-    Positions are counted in columns from the start of the prompt: the
-    one at ``offset`` is on row ``offset // columns`` of the input.
+    ``end`` and ``cursor`` are widths in columns from the start of the
+    prompt; the escape sequences work with (row, column) positions, which
+    also take wrapping into account (see :func:`screen_position`).
     """
 
     def __init__(self, prompt: str, typed: str, cursor: int, columns: int,
@@ -470,6 +503,9 @@ class InputLine:
         self.dumb = dumb  # a terminal without cursor movement
         self.end = text_width(self.text)
         self.cursor = text_width(prompt + typed[:cursor])
+        self._end_at = screen_position(self.text, self.columns)
+        self._cursor_at = screen_position(prompt + typed[:cursor],
+                                          self.columns)
 
     def clear(self) -> str:
         """Blank the input and put the cursor where it started."""
@@ -477,28 +513,34 @@ class InputLine:
             return "\r" + " " * min(self.end, self.columns - 1) + "\r"
         # Up to the row where the prompt starts, then erase to the end of
         # the screen.
-        return self._move(self.cursor, 0) + "\x1b[J"
+        return self._move(self._cursor_at, (0, 0)) + "\x1b[J"
 
     def draw(self) -> str:
         """Draw the prompt and the typed text; put the cursor back."""
         if self.dumb:
             return self.text + "\b" * (self.end - self.cursor)
         wrap = ""
-        if self.end and self.end % self.columns == 0:
+        if self.end and self._end_at[1] == 0:
             # The text fills its last row exactly: the terminal holds the
             # cursor at that row's end; a space and a carriage return put
             # it at the start of the next row, as readline expects.
             wrap = " \r"
-        return self.text + wrap + self._move(self.end, self.cursor)
+        return self.text + wrap + self._move(self._end_at, self._cursor_at)
 
-    def _move(self, start: int, to: int) -> str:
-        """Escape sequences moving the cursor between two positions."""
+    @staticmethod
+    def _move(start: Tuple[int, int], to: Tuple[int, int]) -> str:
+        """Escape sequences moving the cursor between two (row, column)
+        positions of the input."""
         if start == to:
             return ""
-        rows_up = start // self.columns - to // self.columns
-        column = to % self.columns
+        rows_up = start[0] - to[0]
         return ((f"\x1b[{rows_up}A" if rows_up > 0 else "") + "\r"
-                + (f"\x1b[{column}C" if column else ""))
+                + (f"\x1b[{to[1]}C" if to[1] else ""))
+
+
+class OutputClosed(Exception):
+    """Nobody reads our output any more: it is a pipe whose reader has
+    ended (``client.py | head -1``, once head has its line)."""
 
 
 class Terminal:
@@ -510,6 +552,10 @@ class Terminal:
     we clear that line, print the message, and draw the prompt and the
     typed text again, so typing is never mangled. A lock keeps two threads
     from writing at once.
+
+    If standard output is a pipe whose reader has gone (``client.py | head
+    -1``), the write that finds out raises :class:`OutputClosed`; from then
+    on output goes to the null device, and ``output_closed`` is True.
     """
 
     #: Longest wait for readline to finish drawing the prompt.
@@ -524,6 +570,13 @@ class Terminal:
         self._lock = threading.Lock()
         self._prompt = ""          # what input() is showing
         self._reading = False      # True while the main thread is in input()
+        # For rewrite_typed(): the line input() returned last, if it may be
+        # rewritten, and how many lines show() has printed below the input
+        # line since input() started (once Enter is pressed, show() prints
+        # below it).
+        self._typed: Optional[str] = None
+        self._printed_below = 0
+        self.output_closed = False
         # input() uses readline only when both ends are a terminal.
         self._readline = (_load_readline()
                           if interactive and self._out.isatty() else None)
@@ -549,6 +602,7 @@ class Terminal:
         """Print one line of text (already rendered) above the prompt."""
         with self._lock:
             if not self._prompt_on_screen():
+                self._printed_below += 1
                 self._write(text + "\n")
             elif self._readline is None:
                 # Without readline we cannot see what was typed so far (the
@@ -566,10 +620,13 @@ class Terminal:
         """Last output before a hard exit: clear the prompt line, print
         ``text`` (if any) and put the terminal back as we found it."""
         with self._lock:
-            if self._prompt_on_screen() and self._readline is not None:
-                self._write(self._input_line().clear())
-            if text:
-                self._write(text + "\n")
+            try:
+                if self._prompt_on_screen() and self._readline is not None:
+                    self._write(self._input_line().clear())
+                if text:
+                    self._write(text + "\n")
+            except OutputClosed:
+                pass  # nobody would see it anyway
             self._reading = False
             self._restore_mode()
 
@@ -598,8 +655,58 @@ class Terminal:
             self._prompt_drawn.set()
 
     def _write(self, text: str) -> None:
-        self._out.write(text)
-        self._out.flush()
+        if self.output_closed:
+            return
+        try:
+            self._out.write(text)
+            self._out.flush()
+        except BrokenPipeError:
+            self._output_gone()
+            raise OutputClosed() from None
+
+    def _output_gone(self) -> None:
+        """Our output is a pipe nobody reads any more. As the Python
+        documentation advises (for SIGPIPE), point the file descriptor at
+        the null device, so that what is still buffered, and the flush at
+        exit, go there instead of raising BrokenPipeError again."""
+        self.output_closed = True
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._out.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):  # no file descriptor (tests)
+            pass
+
+    def rewrite_typed(self, text: str) -> None:
+        """Show ``text`` in place of the line just typed (the prompt and
+        what the user typed after it, as Enter left them on the screen).
+
+        Enter leaves the cursor at the start of the row below the typed
+        line, which may have wrapped onto several rows: move up that many
+        rows, erase from there to the end of the screen, and print ``text``
+        instead. This is done only where it is safe; elsewhere the typed
+        line simply stays:
+
+        * with readline on a terminal that can move the cursor, for the
+          line input() has just returned (not after another read);
+        * if nothing was printed since Enter: that would have gone below
+          the typed line (see show()), and moving up would miss it;
+        * if the typed line is on the screen whole, and without tabs or
+          control characters, whose width on the screen we cannot be sure
+          of (the server refuses control characters anyway).
+        """
+        with self._lock:
+            typed, self._typed = self._typed, None
+            if (typed is None or self._printed_below or self._dumb
+                    or self._rl_done is None
+                    or _CONTROL_RE.search(typed + text)
+                    or "\t" in typed + text):
+                return
+            size = shutil.get_terminal_size()
+            rows = screen_rows(self._prompt + typed, size.columns)
+            if rows >= size.lines:
+                return  # its first row has scrolled off the screen
+            self._write(f"\x1b[{rows}A\r\x1b[J{text}\n")
 
     # -- Input
 
@@ -613,22 +720,32 @@ class Terminal:
         with self._lock:
             self._prompt = prompt
             self._reading = True
+            self._typed = None
+            self._printed_below = 0
             if self._hooked:
                 self._prompt_drawn.clear()  # readline sets it when drawn
             else:
                 self._prompt_drawn.set()
         ended_by_key = False
+        line = None
         try:
-            return input(prompt)
+            line = input(prompt)
+            return line
         except EOFError:  # Ctrl+D
             ended_by_key = True
             return None
         except KeyboardInterrupt:  # Ctrl+C
             ended_by_key = True
             raise
+        except BrokenPipeError:  # input() writes the prompt to stdout
+            with self._lock:
+                self._output_gone()
+            raise OutputClosed() from None
         finally:
             with self._lock:
                 self._reading = False
+                if self._readline is not None:
+                    self._typed = line  # rewrite_typed() may replace it
                 if ended_by_key:
                     # The cursor is still on the prompt line (Enter would
                     # have moved it on): start a new line for what follows.
@@ -672,6 +789,10 @@ class Terminal:
 # --- Choosing a nickname -----------------------------------------------------
 
 
+#: The prompt for a nickname, under the server's question.
+NICK_PROMPT = "nickname> "
+
+
 class JoinError(Exception):
     """Could not join the chat; ``str(error)`` says why."""
 
@@ -700,8 +821,12 @@ def register(conn: Connection, terminal: Terminal,
             if nick is None:
                 if not terminal.interactive:
                     raise JoinError("no nickname accepted")
-                nick = terminal.ask(sanitize(line[len(protocol.NOTICE):])
-                                    + " ")
+                # The server's question on a line of its own, then a short
+                # prompt in the style of the chat's: as the prompt itself,
+                # the question (65 columns) would leave too little room on
+                # its row for a nickname, or wrap in a narrow terminal.
+                terminal.show(render(line, "", terminal.colour))
+                nick = terminal.ask(NICK_PROMPT)
                 if nick is None or nick.lower() == "-exit":
                     return None  # Ctrl+D or -exit: the user gave up
             conn.send_line(nick)
@@ -733,6 +858,49 @@ def _first_line(conn: Connection, terminal: Terminal) -> Optional[str]:
 # --- Chatting ----------------------------------------------------------------
 
 
+def prompt_for(partner: str) -> str:
+    """The prompt for plain lines going to ``partner`` ("" for everyone):
+    ``[everyone]> `` or ``[to bob]> ``."""
+    return f"[to {sanitize(partner)}]> " if partner else "[everyone]> "
+
+
+def echo_for(line: str, prompt: str, partner: str) -> Optional[str]:
+    """How a line the user has just sent should read on the screen, or None
+    when it reads right as typed.
+
+    Enter leaves the typed line after the prompt it was typed at, and that
+    can mislead: ``[everyone]> -to alice sure`` went to alice only,
+    ``[to bob]> -all hi`` to everyone. So:
+
+    * ``-to NICK text`` reads as if typed at NICK's prompt, without the
+      command: ``[to NICK]> text``; ``-all text`` as ``[everyone]> text``;
+    * ``-admin PASSWORD`` reads ``-admin ********``: the password does not
+      stay on the screen, and eight stars whatever its length;
+    * a plain line stays as typed: the prompt says where it went (unless
+      the partner changed while it was being typed, if the server was slow
+      to confirm a ``-to``: then it gets the prompt of where it went);
+    * other commands, and lines the server will refuse, stay as typed.
+
+    ``prompt`` is the prompt the line was typed at; ``partner`` who plain
+    lines go to now ("" for everyone).
+    """
+    if not line.strip():
+        return None  # not sent
+    try:
+        command = protocol.parse_command(line)
+    except protocol.CommandError:
+        return None  # the server answers with what is wrong
+    if command.name == "to" and command.text:
+        return prompt_for(command.target) + command.text
+    if command.name == "all" and command.text:
+        return prompt_for("") + command.text
+    if command.name == "admin":
+        return line.split(None, 1)[0] + " ********"
+    if command.name == "say" and prompt_for(partner) != prompt:
+        return prompt_for(partner) + line
+    return None
+
+
 class ChatState:
     """What the reader thread learns from the server that the main thread
     needs too: who plain lines go to, and whether the server answered."""
@@ -747,9 +915,12 @@ class ChatState:
 
     def prompt(self) -> str:
         """``[everyone]> `` or ``[to bob]> ``."""
+        return prompt_for(self.current_partner())
+
+    def current_partner(self) -> str:
+        """Who plain lines go to now; "" for everyone."""
         with self._changed:
-            partner = self.partner
-        return f"[to {sanitize(partner)}]> " if partner else "[everyone]> "
+            return self.partner
 
     def note(self, line: str) -> None:
         """Take in one server line (called by the reader thread). The
@@ -784,15 +955,31 @@ def read_from_server(conn: Connection, terminal: Terminal,
     connection ends; then, unless we are leaving, end the whole program."""
     shut_down = False
     lost = ""
+    unread = False  # we leave because nobody reads our output
     try:
         while True:
             line = conn.read_line()
             if line is None:
                 break
-            show_server_line(line, terminal, state)
+            try:
+                show_server_line(line, terminal, state)
+            except OutputClosed:
+                # Nobody reads what we print any more (say, "| head -1" has
+                # its line): leave the chat, unless the main thread already
+                # does. The server's goodbye then ends this loop; do not
+                # wait long for it.
+                if not state.leaving.is_set():
+                    unread = True
+                    say_goodbye(conn, state)
+                    conn.sock.settimeout(LEAVE_TIMEOUT)  # for recv()
             shut_down = shut_down or protocol.is_shutdown(line)
     except (OSError, protocol.FramingError) as error:
         lost = f" ({getattr(error, 'strerror', None) or error})"
+    if unread:
+        # As below: the main thread may be blocked reading input, so end
+        # the program from here, quietly (there is nobody to tell).
+        terminal.finish(None)
+        os._exit(1)
     if state.leaving.is_set():
         state.closed.set()  # the main thread is waiting for this
         return
@@ -875,22 +1062,37 @@ def chat(conn: Connection, terminal: Terminal, state: ChatState) -> None:
     user leaves (``-exit``, Ctrl+D, Ctrl+C, or the end of piped input)."""
     try:
         while True:
-            line = terminal.read_line(state.prompt())
-            if line is None or not handle_line(line, conn, terminal, state):
+            prompt = state.prompt()
+            line = terminal.read_line(prompt)
+            if line is None:
+                return
+            # Make the line just typed read as what it did (see echo_for),
+            # before sending it, so that the server's answer comes after.
+            echo = echo_for(line, prompt, state.current_partner())
+            if echo is not None:
+                terminal.rewrite_typed(echo)
+            if not handle_line(line, conn, terminal, state):
                 return
     except KeyboardInterrupt:
         return
 
 
-def leave(conn: Connection, state: ChatState) -> None:
-    """Say goodbye: send -exit and wait briefly for the server to answer
-    and close the connection (the reader thread prints the goodbye)."""
+def say_goodbye(conn: Connection, state: ChatState) -> bool:
+    """Send -exit (and note that we are leaving); False if the connection
+    is already gone."""
     state.leaving.set()
     try:
         conn.send_line("-exit")
-        state.closed.wait(LEAVE_TIMEOUT)
+        return True
     except OSError:
-        pass  # the connection is already gone: nothing to wait for
+        return False
+
+
+def leave(conn: Connection, state: ChatState) -> None:
+    """Say goodbye: send -exit and wait briefly for the server to answer
+    and close the connection (the reader thread prints the goodbye)."""
+    if say_goodbye(conn, state):
+        state.closed.wait(LEAVE_TIMEOUT)
 
 
 # --- Command line ------------------------------------------------------------
@@ -979,14 +1181,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         conn = connect(args.host, args.port, tls_context)
     except OSError as error:
         return fail(str(error))
-    if tls_context is not None:
-        checked = ("but the server's identity was NOT checked" if args.insecure
-                   else "server certificate checked")
-        terminal.show(render(local_notice(
-            f"Connected to {format_address(args.host, args.port)} over TLS"
-            f" ({checked})."), "", terminal.colour))
     try:
+        if tls_context is not None:
+            checked = ("but the server's identity was NOT checked"
+                       if args.insecure else "server certificate checked")
+            terminal.show(render(local_notice(
+                f"Connected to {format_address(args.host, args.port)} over"
+                f" TLS ({checked})."), "", terminal.colour))
         return run(conn, terminal, args.nick)
+    except OutputClosed:
+        return 1  # nobody reads our output, and we are not in the chat yet
     finally:
         conn.close()
 
@@ -1008,27 +1212,51 @@ def run(conn: Connection, terminal: Terminal, nick: Optional[str]) -> int:
     if nick is None:
         return 0
     state = ChatState(nick)
-    # The lines that came with the welcome (commands, who is online) are
-    # shown now, so that the first prompt comes after them.
-    for line in conn.take_received():
-        show_server_line(line, terminal, state)
-    reader = start_reader(conn, terminal, state)
+    reader: Optional[threading.Thread] = None
     try:
-        chat(conn, terminal, state)
+        try:
+            # The lines that came with the welcome (commands, who is
+            # online) are shown now, so that the first prompt comes after.
+            for line in conn.take_received():
+                show_server_line(line, terminal, state)
+            reader = start_reader(conn, terminal, state)
+            chat(conn, terminal, state)
+        except OutputClosed:
+            # Nobody reads our output any more (it is a pipe whose reader
+            # has ended): leave the chat now, quietly. The reader thread
+            # takes the server's goodbye (to the null device) and tells
+            # leave() that it came.
+            if reader is None:
+                reader = start_reader(conn, terminal, state)
         leave(conn, state)
     except OSError:
         # Sending failed: the connection is gone. The reader thread finds
         # out too and ends the program with the right message.
-        reader.join(LEAVE_TIMEOUT)
+        if reader is not None:
+            reader.join(LEAVE_TIMEOUT)
         return fail("connection lost")
     except KeyboardInterrupt:
         pass  # Ctrl+C again while leaving: do not wait any longer
     # Closing the socket wakes the reader thread if it is still waiting;
     # wait for it, so that it is not cut off halfway through printing.
     conn.close()
-    reader.join(LEAVE_TIMEOUT)
-    return 0
+    if reader is not None:
+        reader.join(LEAVE_TIMEOUT)
+    return 1 if terminal.output_closed else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        try:
+            status = main()
+        finally:
+            # Flush here rather than at exit, where a BrokenPipeError could
+            # only be reported (for output the Terminal did not write, such
+            # as --help, to a pipe closed early).
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # Nobody reads our output: end quietly, as the Python documentation
+        # advises, with stdout on the null device for the final flush.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = 1
+    sys.exit(status)

@@ -3,8 +3,11 @@ of state that need no terminal (prompt, partner tracking, connect errors)."""
 
 from __future__ import annotations
 
+import ctypes
 import io
+import os
 import socket
+from typing import Tuple
 
 import pytest
 
@@ -293,6 +296,149 @@ def test_input_line_on_a_dumb_terminal_uses_no_escapes() -> None:
 def test_input_line_counts_wide_characters() -> None:
     line = client.InputLine("> ", "日本語", 1, 80, dumb=False)
     assert line.draw() == "> 日本語\r\x1b[4C"
+
+
+def test_input_line_moves_a_wide_character_that_does_not_fit() -> None:
+    # 8 columns: "> " + "abcde" leaves one column, too narrow for "日",
+    # which goes to the next row; the cursor after it is at column 2.
+    line = client.InputLine("> ", "abcde日", 6, 8, dumb=False)
+    assert line.clear() == "\x1b[1A\r\x1b[J"
+    line = client.InputLine("> ", "abcde日x", 6, 8, dumb=False)
+    assert line.draw() == "> abcde日x\r\x1b[2C"  # before the x
+
+
+@pytest.mark.parametrize("text, columns, position, rows", [
+    ("", 10, (0, 0), 1),
+    ("abc", 10, (0, 3), 1),
+    ("x" * 10, 10, (1, 0), 1),      # fills its row exactly
+    ("x" * 11, 10, (1, 1), 2),
+    ("x" * 25, 10, (2, 5), 3),
+    ("日本語", 5, (1, 2), 2),        # the third one does not fit in row 0
+    ("abcd日", 5, (1, 2), 2),        # one column left: too narrow for 日
+    ("e\u0301" * 4, 3, (1, 1), 2),  # combining marks take no column
+])
+def test_screen_position_and_rows(text: str, columns: int, position,
+                                  rows: int) -> None:
+    assert client.screen_position(text, columns) == position
+    assert client.screen_rows(text, columns) == rows
+
+
+# --- Rewriting the line just sent -------------------------------------------
+
+
+@pytest.mark.parametrize("line, prompt, partner, echo", [
+    # -to NICK text and -all text read as typed at the prompt of where
+    # they went, without the command.
+    ("-to alice sure, see you", "[everyone]> ", "",
+     "[to alice]> sure, see you"),
+    ("-to alice sure", "[to bob]> ", "bob", "[to alice]> sure"),
+    ("-TO  alice   spaced out  ", "[everyone]> ", "",
+     "[to alice]> spaced out"),            # as the server sends it
+    ("-all the meeting starts", "[to bob]> ", "bob",
+     "[everyone]> the meeting starts"),
+    ("-all hi", "[everyone]> ", "", "[everyone]> hi"),
+    # The password does not stay on the screen, nor its length.
+    ("-admin secret", "[everyone]> ", "", "-admin ********"),
+    ("-admin a much longer pass phrase", "[to bob]> ", "bob",
+     "-admin ********"),
+    ("-ADMIN pw", "[everyone]> ", "", "-ADMIN ********"),
+    # A plain line: the prompt already says where it went...
+    ("hello", "[everyone]> ", "", None),
+    ("hello", "[to bob]> ", "bob", None),
+    # ...unless the partner changed while it was typed.
+    ("hello", "[everyone]> ", "bob", "[to bob]> hello"),
+    ("hello", "[to bob]> ", "", "[everyone]> hello"),
+    # Other commands, and lines that send nothing, stay as typed.
+    ("-to bob", "[everyone]> ", "bob", None),
+    ("-all", "[to bob]> ", "", None),
+    ("-users", "[everyone]> ", "", None),
+    ("-help", "[everyone]> ", "", None),
+    ("-exit", "[everyone]> ", "", None),
+    ("-kick bob flooding", "[everyone]> ", "", None),
+    ("down server", "[everyone]> ", "", None),
+    ("", "[everyone]> ", "bob", None),
+    ("   ", "[everyone]> ", "bob", None),
+    # Refused by the server, which says why: stays as typed.
+    ("-to", "[everyone]> ", "", None),
+    ("-admin", "[everyone]> ", "", None),
+    ("-nosuch thing", "[everyone]> ", "", None),
+])
+def test_echo_for(line: str, prompt: str, partner: str, echo) -> None:
+    assert client.echo_for(line, prompt, partner) == echo
+
+
+def test_echo_for_sanitises_the_nick() -> None:
+    assert client.echo_for("-to b\x1b[2Job hi", "[everyone]> ", "") == \
+        "[to bob]> hi"
+
+
+def test_no_rewrite_without_a_terminal() -> None:
+    out = io.StringIO()
+    terminal = client.Terminal(interactive=False, colour=False, out=out)
+    terminal.rewrite_typed("[to bob]> hi")
+    assert out.getvalue() == ""
+
+
+def _after_enter(monkeypatch,
+                 typed: str) -> Tuple[client.Terminal, io.StringIO]:
+    """A Terminal in the state input() leaves it in on a real terminal,
+    with readline, once ``typed`` was entered at ``[everyone]> `` (readline
+    itself is not used: it needs a terminal)."""
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.setenv("COLUMNS", "20")
+    monkeypatch.setenv("LINES", "10")
+    out = io.StringIO()
+    terminal = client.Terminal(interactive=False, colour=False, out=out)
+    terminal._rl_done = ctypes.c_int(1)  # Enter was pressed
+    terminal._prompt = "[everyone]> "
+    terminal._typed = typed
+    return terminal, out
+
+
+def test_rewrite_goes_up_the_rows_the_typed_line_took(monkeypatch) -> None:
+    terminal, out = _after_enter(monkeypatch, "-all " + "x" * 10)  # 27 > 20
+    terminal.rewrite_typed("[everyone]> " + "x" * 10)
+    assert out.getvalue() == "\x1b[2A\r\x1b[J[everyone]> xxxxxxxxxx\n"
+    terminal.rewrite_typed("again")  # only once, for the line just typed
+    assert out.getvalue().count("\x1b[J") == 1
+
+
+def test_no_rewrite_once_a_line_was_printed_below(monkeypatch) -> None:
+    # Between Enter and the rewrite, the reader thread printed a line: it
+    # went below the typed line, so moving up would erase the wrong rows.
+    terminal, out = _after_enter(monkeypatch, "-to bob hi")
+    terminal.show("bob: hello")
+    terminal.rewrite_typed("[to bob]> hi")
+    assert out.getvalue() == "bob: hello\n"
+
+
+@pytest.mark.parametrize("typed", ["-to bob tab\there", "x" * 300])
+def test_no_rewrite_of_what_cannot_be_measured(monkeypatch,
+                                               typed: str) -> None:
+    # A tab's width depends on where it is; 300 columns take more rows
+    # than the screen (10 rows of 20) has.
+    terminal, out = _after_enter(monkeypatch, typed)
+    terminal.rewrite_typed("anything")
+    assert out.getvalue() == ""
+
+
+# --- Output to a pipe nobody reads -------------------------------------------
+
+
+def test_a_closed_pipe_raises_once_then_output_is_dropped() -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # like "| head -1" once head has its line
+    with open(write_end, "w") as out:
+        terminal = client.Terminal(interactive=False, colour=False, out=out)
+        with pytest.raises(client.OutputClosed):
+            terminal.show("nobody reads this")
+        assert terminal.output_closed
+        terminal.show("nor this")  # no error: it goes nowhere
+        terminal.finish("bye")
+        # The file descriptor now leads to the null device, so that the
+        # buffered text can be flushed (at exit) without an error.
+        out.write("more")
+        out.flush()
 
 
 # --- Connection --------------------------------------------------------------

@@ -11,6 +11,7 @@ deadline. Unix only: it needs pseudo-terminals.
 from __future__ import annotations
 
 import os
+import re
 import select
 import socket
 import struct
@@ -55,11 +56,13 @@ class PtyClient:
     """``python3 client.py ARGS`` with a pseudo-terminal as its stdin,
     stdout and stderr; the test reads the "screen" from the master side."""
 
-    def __init__(self, *args: str, env: Dict[str, str]) -> None:
+    def __init__(self, *args: str, env: Dict[str, str],
+                 columns: int = 120) -> None:
         self.master, self.slave = os.openpty()
+        self.columns = columns
         # A fixed, known window size, as a real terminal would have.
         fcntl.ioctl(self.slave, termios.TIOCSWINSZ,
-                    struct.pack("HHHH", 30, 120, 0, 0))
+                    struct.pack("HHHH", 30, columns, 0, 0))
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _TAKE_TERMINAL, CLIENT, *args],
             stdin=self.slave, stdout=self.slave, stderr=self.slave,
@@ -160,11 +163,11 @@ def spawn(server) -> Iterator[Callable[..., PtyClient]]:
     the test's server (or to ``port=``)."""
     started: List[PtyClient] = []
 
-    def start(*args: str, port: Optional[int] = None,
+    def start(*args: str, port: Optional[int] = None, columns: int = 120,
               **env: Optional[str]) -> PtyClient:
         port = server.address[1] if port is None else port
         pty_client = PtyClient("--port", str(port), *args,
-                               env=_environment(**env))
+                               env=_environment(**env), columns=columns)
         started.append(pty_client)
         return pty_client
 
@@ -174,12 +177,85 @@ def spawn(server) -> Iterator[Callable[..., PtyClient]]:
 
 
 def joined(spawn: Callable[..., PtyClient], nick: str = "alice",
-           **env: Optional[str]) -> PtyClient:
+           columns: int = 120, **env: Optional[str]) -> PtyClient:
     """A client that has joined as ``nick`` and shows its prompt."""
-    alice = spawn("--nick", nick, **env)
+    alice = spawn("--nick", nick, columns=columns, **env)
     alice.expect(f"Welcome, {nick}!")
     alice.expect("[everyone]> ")
     return alice
+
+
+# Escape sequences a screen() knows or skips: CSI, OSC, and two-character
+# ones (readline's keypad mode, "ESC =").
+_SEQUENCE_RE = re.compile(r"\x1b\[([0-9;?]*)([@-~])|\x1b\][^\x07]*\x07|\x1b.")
+
+
+def screen(output: bytes, columns: int) -> List[str]:
+    """The rows of text a terminal ``columns`` wide shows after printing
+    ``output``: a minimal emulator, for what the client and readline
+    write. Text wraps (a wide character that does not fit goes to the next
+    row); CR, LF, BS and the CSI sequences moving the cursor (A, B, C, D)
+    and erasing (J, K) are obeyed; others are skipped. The screen is as tall
+    as needed: nothing scrolls off (keep the tests short)."""
+    rows: List[List[str]] = [[]]
+    row = column = 0
+    pending = False  # in the last column, the next character wraps first
+
+    def cells() -> List[str]:
+        while len(rows) <= row:
+            rows.append([])
+        line = rows[row]
+        while len(line) < columns:
+            line.append(" ")
+        return line
+
+    text = output.decode("utf-8", "replace")
+    index = 0
+    while index < len(text):
+        match = _SEQUENCE_RE.match(text, index)
+        if match:
+            index = match.end()
+            params, final = match.group(1), match.group(2)
+            if final is None or "?" in params:
+                continue
+            count = int(params or "1") if params.isdigit() else 1
+            pending = False
+            if final == "A":
+                row = max(row - count, 0)
+            elif final == "B":
+                row += count
+            elif final == "C":
+                column = min(column + count, columns - 1)
+            elif final == "D":
+                column = max(column - count, 0)
+            elif final == "J" and params in ("", "0"):
+                cells()[column:] = [" "] * (columns - column)
+                del rows[row + 1:]
+            elif final == "K" and params in ("", "0"):
+                cells()[column:] = [" "] * (columns - column)
+            continue
+        char = text[index]
+        index += 1
+        if char == "\r":
+            column, pending = 0, False
+        elif char == "\n":
+            row, pending = row + 1, False
+        elif char == "\b":
+            column, pending = max(column - 1, 0), False
+        elif char >= " ":
+            width = client.char_width(char)
+            if width == 0:
+                continue
+            if pending or column + width > columns:
+                row, column, pending = row + 1, 0, False
+            line = cells()
+            line[column] = char
+            if width == 2:
+                line[column + 1] = ""
+            column += width
+            if column >= columns:
+                column, pending = columns - 1, True
+    return ["".join(line).rstrip() for line in rows]
 
 
 def run_piped(port: int, *args: str, stdin: str = "",
@@ -217,12 +293,30 @@ def test_asks_for_a_nickname_again_when_refused(spawn, connect) -> None:
     connect("bob")
     alice = spawn()
     alice.expect("Choose a nickname")
+    alice.expect("\r\nnickname> ")  # the question, then a short prompt
     alice.write("bob\r")
     alice.expect("nickname 'bob' refused: it is taken")
     alice.expect("Choose a nickname")
+    alice.expect("\r\nnickname> ")
     alice.write("alice\r")
     alice.expect("* Welcome, alice!")
     alice.expect("[everyone]> ")
+
+
+def test_the_nickname_prompt_leaves_room_for_a_long_nick(spawn) -> None:
+    # In 80 columns, the longest nickname fits on the prompt's row.
+    nick = "a_twenty_char_nick_x"
+    alice = spawn(columns=80)
+    alice.expect("nickname> ")
+    alice.write(nick + "\r")
+    alice.expect(f"* Welcome, {nick}!")
+    alice.expect("[everyone]> ")
+    alice.wait_idle()
+    shown = screen(alice.output, 80)
+    assert shown[0] == ("* Choose a nickname (1-20 letters, digits, _ - .)"
+                        " and press Enter:")
+    assert shown[1] == "nickname> " + nick
+    assert all(len(row) <= 80 for row in shown)
 
 
 def test_a_refused_nick_option_asks_interactively(spawn, connect) -> None:
@@ -230,6 +324,7 @@ def test_a_refused_nick_option_asks_interactively(spawn, connect) -> None:
     alice = spawn("--nick", "b o b")
     alice.expect("refused: a nickname cannot contain spaces")
     alice.expect("Choose a nickname")
+    alice.expect("nickname> ")
     alice.write("alice\r")
     alice.expect("* Welcome, alice!")
 
@@ -237,6 +332,7 @@ def test_a_refused_nick_option_asks_interactively(spawn, connect) -> None:
 def test_ctrl_d_at_the_nickname_question_leaves(spawn) -> None:
     alice = spawn()
     alice.expect("Choose a nickname")
+    alice.expect("nickname> ")
     alice.write("\x04")
     assert alice.wait_exit() == 0
     assert b"Traceback" not in alice.output
@@ -296,6 +392,77 @@ def test_prompt_shows_the_partner_confirmed_by_the_server(spawn,
     alice.write("-all\r")
     alice.expect("Your lines now go to everyone.")
     alice.expect("[everyone]> ")
+
+
+def test_screen_emulator() -> None:
+    # The emulator the rewrite tests rely on, on what they need.
+    assert screen(b"abc\r\nde\x1b[1A\r\x1b[Jxy\r\n", 10) == ["xy"]
+    assert screen(b"0123456789ab", 10) == ["0123456789", "ab"]
+    assert screen(b"0123456789\r\nx", 10) == ["0123456789", "x"]
+    assert screen("1234567日".encode(), 8) == ["1234567", "日"]
+
+
+# --- Rewriting the line just sent --------------------------------------------
+
+
+def test_sent_lines_are_rewritten_to_show_where_they_went(spawn,
+                                                          connect) -> None:
+    bob = connect("bob")
+    alice = joined(spawn)
+    alice.write("-to bob hello\r")
+    bob.expect("[private] alice: hello")
+    # Up one row (the typed line took one), erase, and the line as it went.
+    alice.expect("-to bob hello\r\n\x1b[1A\r\x1b[J[to bob]> hello\r\n")
+    alice.expect("[everyone]> ")
+    alice.write("-admin secret\r")
+    alice.expect("\x1b[1A\r\x1b[J-admin ********\r\n")
+    alice.expect("wrong admin password")
+    alice.expect("[everyone]> ")
+    alice.write("just typed\r")  # a plain line stays as typed
+    bob.expect("alice: just typed")
+    # Wait for the prompt: keys typed before it would be echoed by the
+    # terminal driver rather than by readline.
+    alice.expect("just typed\r\n[everyone]> ")
+    alice.write("-all hi all\r")
+    bob.expect("alice: hi all")
+    alice.expect("[everyone]> hi all\r\n")
+    alice.expect("[everyone]> ")
+    alice.wait_idle()
+    shown = screen(alice.output, alice.columns)
+    assert shown[-6:] == [
+        "[to bob]> hello",
+        "-admin ********",
+        "! wrong admin password (2 tries left)",
+        "[everyone]> just typed",
+        "[everyone]> hi all",
+        "[everyone]>"]
+    assert not any("secret" in row for row in shown)
+
+
+def test_a_wrapped_line_is_rewritten_whole(spawn, connect) -> None:
+    bob = connect("bob")
+    alice = joined(spawn, columns=40)
+    # Typed, "[everyone]> -to bob " and the text take three rows of 40:
+    # "日" does not fit in the first row's last column, so the rest takes
+    # 41 columns. As sent, "[to bob]> " and the text take two rows.
+    text = "a" * 19 + "日" + "b" * 39
+    alice.write(f"-to bob {text}\r")
+    bob.expect(f"[private] alice: {text}")
+    alice.expect(f"\x1b[3A\r\x1b[J[to bob]> {text}\r\n")
+    alice.expect("[everyone]> ")
+    # Typed, three rows; as sent, exactly two: the next prompt must come
+    # right after them, with no empty row.
+    alice.write("-all " + "c" * 68 + "\r")
+    bob.expect("alice: " + "c" * 68)
+    alice.expect("\x1b[3A\r\x1b[J[everyone]> " + "c" * 68 + "\r\n")
+    alice.expect("[everyone]> ")
+    alice.wait_idle()
+    assert screen(alice.output, 40)[-5:] == [
+        "[to bob]> " + "a" * 19 + "日" + "b" * 9,
+        "b" * 30,
+        "[everyone]> " + "c" * 28,
+        "c" * 40,
+        "[everyone]>"]
 
 
 def test_colours_on_a_terminal(spawn, connect) -> None:
@@ -469,6 +636,58 @@ def test_piped_input_with_a_taken_nick_fails(server, connect) -> None:
     assert result.returncode == 1
     assert "it is taken" in result.stderr
     assert len(result.stderr.splitlines()) == 1
+
+
+def _start_piped(port: int, *args: str) -> subprocess.Popen:
+    """client.py with pipes for stdin, stdout and stderr (bytes)."""
+    return subprocess.Popen(
+        [sys.executable, CLIENT, "--port", str(port), *args],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=ROOT, env=_environment())
+
+
+@pytest.mark.parametrize("who", ["reader", "main"])
+def test_output_closed_early_leaves_quietly(fake_server, who: str) -> None:
+    # "client.py | head -1": the reader of our output goes away. Whichever
+    # thread writes next (the reader thread with a message, or the main
+    # thread with -help, answered locally) finds out; the client says -exit
+    # and ends, with no traceback.
+    proc = _start_piped(fake_server.port, "--nick", "carol")
+    try:
+        assert fake_server.welcome() == "carol"
+        assert proc.stdout.readline().startswith(b"* Welcome, carol!")
+        proc.stdout.close()  # as head does once it has its line
+        if who == "reader":
+            fake_server.send("bob: is anyone reading?")
+        else:
+            proc.stdin.write(b"-help\n")
+            proc.stdin.flush()
+        assert fake_server.read_line() == "-exit"
+        fake_server.send(protocol.format_goodbye("carol"))
+        fake_server.sock.shutdown(socket.SHUT_RDWR)
+        assert proc.wait(DEADLINE) == 1
+        assert proc.stderr.read() == b""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(DEADLINE)
+        proc.stdin.close()
+        proc.stderr.close()
+
+
+def test_piped_into_head(server, connect) -> None:
+    # The pipeline from the bug report, a few times over: the client's
+    # output ends early, wherever it is at that moment.
+    bob = connect("bob")
+    for _ in range(3):
+        result = subprocess.run(
+            ["sh", "-c", f"printf 'carol\\n-users\\n' | '{sys.executable}'"
+             f" '{CLIENT}' --port {server.address[1]} | head -1"],
+            capture_output=True, text=True, timeout=DEADLINE, cwd=ROOT,
+            env=_environment())
+        assert result.stdout == "* Welcome, carol! You are in the chat.\n"
+        assert result.stderr == ""
+        bob.expect("* carol left the chat")
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "no-such-host.invalid"])
