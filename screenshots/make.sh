@@ -290,11 +290,11 @@ picture 02-join-user-list.png 1x \
 # 3. dave asks for the nickname alice, which is taken, and is asked again.
 type_line dave "python3 client.py$PORT_ARG"
 wait_for dave "Choose a nickname"
-wait_idle dave 'Enter: '
+wait_idle dave 'nickname> '
 type_line dave alice
 wait_for dave "refused"
 wait_for dave "Choose a nickname" 2
-wait_idle dave 'Enter: '
+wait_idle dave 'nickname> '
 settle
 picture 03-nick-taken.png 1x1 "$(grab dave 'dave: python3 client.py')"
 type_line dave dave
