@@ -139,7 +139,7 @@ def log_messages(caplog) -> List[str]:
     return [record.getMessage() for record in caplog.records]
 
 
-# --- Chat over TLS -------------------------------------------------------------
+# --- Chat over TLS -----------------------------------------------------------
 
 
 def test_tls_users_chat_publicly_and_privately(tls_server, users) -> None:
@@ -182,7 +182,7 @@ def test_insecure_works_but_warns(tls_server, users) -> None:
     assert "identity was NOT checked" in result.stdout
 
 
-# --- Refusing a server we cannot trust -----------------------------------------
+# --- Refusing a server we cannot trust ---------------------------------------
 
 
 def test_wrong_ca_is_refused_and_the_server_carries_on(tls_server, users,
@@ -216,7 +216,7 @@ def test_a_certificate_for_another_name_is_refused(make_server) -> None:
     assert "--host" in line
 
 
-# --- Plain and TLS at the wrong door -------------------------------------------
+# --- Plain and TLS at the wrong door -----------------------------------------
 
 
 def test_plain_line_on_a_tls_port_is_answered_in_plain_text(tls_server,
@@ -389,7 +389,7 @@ def test_nickname_sent_with_the_end_of_the_handshake(tls_server) -> None:
     assert protocol.format_welcome("eager").encode() in received, received
 
 
-# --- Command line -------------------------------------------------------------
+# --- Command line ------------------------------------------------------------
 
 
 def test_tls_options() -> None:
@@ -427,7 +427,7 @@ def test_format_address() -> None:
     assert client.format_address("::1", 4321) == "[::1]:4321"
 
 
-# --- IPv6 ---------------------------------------------------------------------
+# --- IPv6 --------------------------------------------------------------------
 
 
 def _pair(address: Tuple) -> Tuple[LineClient, LineClient]:
@@ -514,7 +514,7 @@ def test_ipv6_address_in_client_errors() -> None:
         " the server running?)")
 
 
-# --- The load benchmark over TLS ------------------------------------------------
+# --- The load benchmark over TLS ---------------------------------------------
 
 
 def test_bench_runs_over_tls(tmp_path) -> None:
