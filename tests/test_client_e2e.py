@@ -149,6 +149,13 @@ class PtyClient:
     def terminal_mode(self) -> List:
         return termios.tcgetattr(self.slave)
 
+    def assert_terminal_restored(self) -> None:
+        """No traceback, and echo and line mode are on again: readline had
+        the terminal in raw mode, and a hard exit skips its clean-up."""
+        assert b"Traceback" not in self.output
+        mode = self.terminal_mode()
+        assert mode[3] & termios.ECHO and mode[3] & termios.ICANON
+
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
@@ -503,10 +510,7 @@ def test_server_shutdown_ends_the_client_by_itself(spawn, connect) -> None:
     bob.send("down server")
     assert alice.wait_exit(timeout=3) == 0
     alice.expect("* Server is shutting down")
-    assert b"Traceback" not in alice.output
-    # readline had the terminal in raw mode; it must be back to normal.
-    mode = alice.terminal_mode()
-    assert mode[3] & termios.ECHO and mode[3] & termios.ICANON
+    alice.assert_terminal_restored()
 
 
 def test_being_kicked_ends_the_client_by_itself(spawn, connect) -> None:
@@ -608,9 +612,7 @@ def test_lost_connection_ends_the_client(spawn, fake_server) -> None:
     fake_server.close()
     assert alice.wait_exit(timeout=3) == 1
     alice.expect("the server closed the connection")
-    assert b"Traceback" not in alice.output
-    mode = alice.terminal_mode()
-    assert mode[3] & termios.ECHO and mode[3] & termios.ICANON
+    alice.assert_terminal_restored()
 
 
 # --- Without a terminal, and failing to connect ------------------------------

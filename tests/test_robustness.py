@@ -808,13 +808,18 @@ def chaos_session(client: LineClient, rng: random.Random) -> None:
     # how == 0: just vanish
 
 
+def admin(user: LineClient) -> LineClient:
+    """``user``, made an admin."""
+    user.send(f"-admin {ADMIN_PASSWORD}")
+    user.expect(protocol.format_admin_granted())
+    return user
+
+
 def test_join_leave_kick_and_messages_race_without_ghosts(
         make_server, clients, caplog, monkeypatch):
     thread_errors = catch_thread_errors(monkeypatch)
     server = make_server()
-    boss = clients(server, "boss")
-    boss.send(f"-admin {ADMIN_PASSWORD}")
-    boss.expect(protocol.format_admin_granted())
+    boss = admin(clients(server, "boss"))
     keepers = [clients(server, "keep1"), clients(server, "keep2")]
     drains = [Drain(c) for c in [boss] + keepers]
     for drain in drains:
@@ -880,9 +885,7 @@ def test_down_server_while_users_join_and_chat(
         make_server, clients, caplog, monkeypatch):
     thread_errors = catch_thread_errors(monkeypatch)
     server = make_server()
-    boss = clients(server, "boss")
-    boss.send(f"-admin {ADMIN_PASSWORD}")
-    boss.expect(protocol.format_admin_granted())
+    boss = admin(clients(server, "boss"))
     joined = [0]
     failures: List[str] = []
 
