@@ -1,5 +1,6 @@
-"""Unit tests for client.py: the sanitiser, rendering, and the small pieces
-of state that need no terminal (prompt, partner tracking, connect errors)."""
+"""Unit tests for client.py and terminal.py: the sanitiser, rendering, and
+the small pieces of state that need no terminal (prompt, partner tracking,
+connect errors)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ import pytest
 
 import client
 import protocol
-from client import render, sanitize
+from terminal import (BOLD, ERROR_STYLE, MENTION_STYLE, NOTICE_STYLE,
+                      PRIVATE_STYLE, RESET, InputLine, OutputClosed, Terminal,
+                      _ESCAPE_SEQUENCE_RE, render, sanitize, screen_position,
+                      screen_rows, text_width, wants_colour)
 
 ESC = "\x1b"
 
@@ -112,7 +116,7 @@ def test_render_without_colour_has_no_escape() -> None:
 
 
 def _without_styles(text: str) -> str:
-    return client._ESCAPE_SEQUENCE_RE.sub("", text)
+    return _ESCAPE_SEQUENCE_RE.sub("", text)
 
 
 @pytest.mark.parametrize("kind", sorted(LINES))
@@ -121,40 +125,40 @@ def test_render_with_colour_keeps_the_text(kind: str) -> None:
     assert ESC in rendered
     assert _without_styles(rendered) == LINES[kind]
     # Whatever style was set, the line ends back in the normal one.
-    assert rendered[rendered.rindex(ESC):].startswith(client.RESET)
+    assert rendered[rendered.rindex(ESC):].startswith(RESET)
 
 
 def test_each_kind_has_its_own_colour() -> None:
     styles = {kind: render(line, "alice", colour=True)
               for kind, line in LINES.items()}
-    assert styles["notice"].startswith(client.NOTICE_STYLE)
-    assert styles["error"].startswith(client.ERROR_STYLE)
-    assert styles["private"].startswith(client.PRIVATE_STYLE)
-    assert styles["message"].startswith(client.BOLD + "bob" + client.RESET)
-    assert len({client.NOTICE_STYLE, client.ERROR_STYLE, client.PRIVATE_STYLE,
-                client.MENTION_STYLE, client.BOLD}) == 5
+    assert styles["notice"].startswith(NOTICE_STYLE)
+    assert styles["error"].startswith(ERROR_STYLE)
+    assert styles["private"].startswith(PRIVATE_STYLE)
+    assert styles["message"].startswith(BOLD + "bob" + RESET)
+    assert len({NOTICE_STYLE, ERROR_STYLE, PRIVATE_STYLE,
+                MENTION_STYLE, BOLD}) == 5
 
 
 def test_mention_of_my_nick_is_highlighted() -> None:
     rendered = render("bob: hi Alice, how are you?", "alice", colour=True)
-    assert client.MENTION_STYLE + "Alice" + client.RESET in rendered
+    assert MENTION_STYLE + "Alice" + RESET in rendered
     assert _without_styles(rendered) == "bob: hi Alice, how are you?"
 
 
 def test_mention_in_private_returns_to_private_colour() -> None:
     rendered = render("[private] bob: alice?", "alice", colour=True)
-    assert (client.MENTION_STYLE + "alice" + client.RESET
-            + client.PRIVATE_STYLE) in rendered
+    assert (MENTION_STYLE + "alice" + RESET
+            + PRIVATE_STYLE) in rendered
 
 
 def test_mention_is_a_whole_word_only() -> None:
     rendered = render("bob: malice and alicex", "alice", colour=True)
-    assert client.MENTION_STYLE not in rendered
+    assert MENTION_STYLE not in rendered
 
 
 def test_my_own_nick_in_my_own_message_is_not_highlighted() -> None:
     rendered = render("alice: I am alice", "alice", colour=True)
-    assert client.MENTION_STYLE not in rendered
+    assert MENTION_STYLE not in rendered
 
 
 def test_mention_without_colour_is_plain() -> None:
@@ -178,7 +182,7 @@ def test_render_sanitises_without_colour() -> None:
 def test_a_peer_cannot_forge_a_notice_colour() -> None:
     # A nickname cannot start with "*", so "bob: * x" stays a message.
     rendered = render("bob: * fake notice", "alice", colour=True)
-    assert rendered.startswith(client.BOLD)
+    assert rendered.startswith(BOLD)
 
 
 # --- colour choice -----------------------------------------------------------
@@ -196,19 +200,19 @@ class _FakeTty(io.StringIO):
 def test_colour_only_on_a_terminal(monkeypatch) -> None:
     monkeypatch.delenv("NO_COLOR", raising=False)
     monkeypatch.setenv("TERM", "xterm-256color")
-    monkeypatch.setattr(client.os, "name", "posix")
-    assert client.wants_colour(_FakeTty(True))
-    assert not client.wants_colour(_FakeTty(False))
+    monkeypatch.setattr(os, "name", "posix")
+    assert wants_colour(_FakeTty(True))
+    assert not wants_colour(_FakeTty(False))
 
 
 def test_no_color_and_dumb_terminal_turn_colour_off(monkeypatch) -> None:
     monkeypatch.setenv("TERM", "xterm-256color")
-    monkeypatch.setattr(client.os, "name", "posix")
+    monkeypatch.setattr(os, "name", "posix")
     monkeypatch.setenv("NO_COLOR", "1")
-    assert not client.wants_colour(_FakeTty(True))
+    assert not wants_colour(_FakeTty(True))
     monkeypatch.delenv("NO_COLOR")
     monkeypatch.setenv("TERM", "dumb")
-    assert not client.wants_colour(_FakeTty(True))
+    assert not wants_colour(_FakeTty(True))
 
 
 # --- prompt and partner ------------------------------------------------------
@@ -242,7 +246,7 @@ def test_replies_are_counted_for_waiting() -> None:
 
 def test_terminal_show_writes_whole_lines() -> None:
     out = io.StringIO()
-    terminal = client.Terminal(interactive=False, colour=False, out=out)
+    terminal = Terminal(interactive=False, colour=False, out=out)
     terminal.show("one")
     terminal.show_lines(["two", "three"])
     assert out.getvalue() == "one\ntwo\nthree\n"
@@ -252,58 +256,58 @@ def test_terminal_show_writes_whole_lines() -> None:
 
 
 def test_text_width_counts_terminal_columns() -> None:
-    assert client.text_width("abc") == 3
-    assert client.text_width("Привет") == 6
-    assert client.text_width("日本") == 4
-    assert client.text_width("👋") == 2
-    assert client.text_width("e\u0301") == 1  # e + combining acute
+    assert text_width("abc") == 3
+    assert text_width("Привет") == 6
+    assert text_width("日本") == 4
+    assert text_width("👋") == 2
+    assert text_width("e\u0301") == 1  # e + combining acute
 
 
 def test_input_line_with_cursor_at_the_end() -> None:
-    line = client.InputLine("[everyone]> ", "hello", 5, 80, dumb=False)
+    line = InputLine("[everyone]> ", "hello", 5, 80, dumb=False)
     assert line.clear() == "\r\x1b[J"
     assert line.draw() == "[everyone]> hello"
 
 
 def test_input_line_puts_the_cursor_back_in_the_middle() -> None:
-    line = client.InputLine("[everyone]> ", "hello world", 6, 80, dumb=False)
+    line = InputLine("[everyone]> ", "hello world", 6, 80, dumb=False)
     assert line.clear() == "\r\x1b[J"
     assert line.draw() == "[everyone]> hello world\r\x1b[18C"
 
 
 def test_input_line_that_wraps_is_cleared_from_its_first_row() -> None:
     typed = "x" * 20  # 12 + 20 columns: two rows of 20
-    line = client.InputLine("[everyone]> ", typed, 20, 20, dumb=False)
+    line = InputLine("[everyone]> ", typed, 20, 20, dumb=False)
     assert line.clear() == "\x1b[1A\r\x1b[J"
     assert line.draw() == "[everyone]> " + typed
-    line = client.InputLine("[everyone]> ", typed, 2, 20, dumb=False)
+    line = InputLine("[everyone]> ", typed, 2, 20, dumb=False)
     assert line.clear() == "\r\x1b[J"  # the cursor is on the first row
     assert line.draw() == "[everyone]> " + typed + "\x1b[1A\r\x1b[14C"
 
 
 def test_input_line_filling_its_row_exactly_moves_to_the_next() -> None:
-    line = client.InputLine("[everyone]> ", "x" * 8, 8, 20, dumb=False)
+    line = InputLine("[everyone]> ", "x" * 8, 8, 20, dumb=False)
     assert line.draw() == "[everyone]> xxxxxxxx \r"
 
 
 def test_input_line_on_a_dumb_terminal_uses_no_escapes() -> None:
-    line = client.InputLine("[everyone]> ", "hello world", 6, 80, dumb=True)
+    line = InputLine("[everyone]> ", "hello world", 6, 80, dumb=True)
     assert ESC not in line.clear() + line.draw()
     assert line.clear() == "\r" + " " * 23 + "\r"
     assert line.draw() == "[everyone]> hello world" + "\b" * 5
 
 
 def test_input_line_counts_wide_characters() -> None:
-    line = client.InputLine("> ", "日本語", 1, 80, dumb=False)
+    line = InputLine("> ", "日本語", 1, 80, dumb=False)
     assert line.draw() == "> 日本語\r\x1b[4C"
 
 
 def test_input_line_moves_a_wide_character_that_does_not_fit() -> None:
     # 8 columns: "> " + "abcde" leaves one column, too narrow for "日",
     # which goes to the next row; the cursor after it is at column 2.
-    line = client.InputLine("> ", "abcde日", 6, 8, dumb=False)
+    line = InputLine("> ", "abcde日", 6, 8, dumb=False)
     assert line.clear() == "\x1b[1A\r\x1b[J"
-    line = client.InputLine("> ", "abcde日x", 6, 8, dumb=False)
+    line = InputLine("> ", "abcde日x", 6, 8, dumb=False)
     assert line.draw() == "> abcde日x\r\x1b[2C"  # before the x
 
 
@@ -319,8 +323,8 @@ def test_input_line_moves_a_wide_character_that_does_not_fit() -> None:
 ])
 def test_screen_position_and_rows(text: str, columns: int, position,
                                   rows: int) -> None:
-    assert client.screen_position(text, columns) == position
-    assert client.screen_rows(text, columns) == rows
+    assert screen_position(text, columns) == position
+    assert screen_rows(text, columns) == rows
 
 
 # --- Rewriting the line just sent -------------------------------------------
@@ -374,13 +378,13 @@ def test_echo_for_sanitises_the_nick() -> None:
 
 def test_no_rewrite_without_a_terminal() -> None:
     out = io.StringIO()
-    terminal = client.Terminal(interactive=False, colour=False, out=out)
+    terminal = Terminal(interactive=False, colour=False, out=out)
     terminal.rewrite_typed("[to bob]> hi")
     assert out.getvalue() == ""
 
 
 def _after_enter(monkeypatch,
-                 typed: str) -> Tuple[client.Terminal, io.StringIO]:
+                 typed: str) -> Tuple[Terminal, io.StringIO]:
     """A Terminal in the state input() leaves it in on a real terminal,
     with readline, once ``typed`` was entered at ``[everyone]> `` (readline
     itself is not used: it needs a terminal)."""
@@ -388,7 +392,7 @@ def _after_enter(monkeypatch,
     monkeypatch.setenv("COLUMNS", "20")
     monkeypatch.setenv("LINES", "10")
     out = io.StringIO()
-    terminal = client.Terminal(interactive=False, colour=False, out=out)
+    terminal = Terminal(interactive=False, colour=False, out=out)
     terminal._rl_done = ctypes.c_int(1)  # Enter was pressed
     terminal._prompt = "[everyone]> "
     terminal._typed = typed
@@ -429,8 +433,8 @@ def test_a_closed_pipe_raises_once_then_output_is_dropped() -> None:
     read_end, write_end = os.pipe()
     os.close(read_end)  # like "| head -1" once head has its line
     with open(write_end, "w") as out:
-        terminal = client.Terminal(interactive=False, colour=False, out=out)
-        with pytest.raises(client.OutputClosed):
+        terminal = Terminal(interactive=False, colour=False, out=out)
+        with pytest.raises(OutputClosed):
             terminal.show("nobody reads this")
         assert terminal.output_closed
         terminal.show("nor this")  # no error: it goes nowhere

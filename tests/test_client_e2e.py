@@ -22,9 +22,9 @@ from typing import Callable, Dict, Iterator, List, Optional
 
 import pytest
 
-import client
 import protocol
 from conftest import ADMIN_PASSWORD, DEADLINE, ROOT, wait_until
+from terminal import MENTION_STYLE, PRIVATE_STYLE, RESET, char_width
 
 fcntl = pytest.importorskip("fcntl", reason="needs Unix pseudo-terminals")
 termios = pytest.importorskip("termios", reason="needs Unix pseudo-terminals")
@@ -250,7 +250,7 @@ def screen(output: bytes, columns: int) -> List[str]:
         elif char == "\b":
             column, pending = max(column - 1, 0), False
         elif char >= " ":
-            width = client.char_width(char)
+            width = char_width(char)
             if width == 0:
                 continue
             if pending or column + width > columns:
@@ -476,8 +476,8 @@ def test_colours_on_a_terminal(spawn, connect) -> None:
     bob = connect("bob")
     alice = joined(spawn, NO_COLOR=None)
     bob.send("-to alice psst alice")
-    alice.expect(client.PRIVATE_STYLE + "[private] bob: psst "
-                 + client.MENTION_STYLE + "alice" + client.RESET)
+    alice.expect(PRIVATE_STYLE + "[private] bob: psst "
+                 + MENTION_STYLE + "alice" + RESET)
 
 
 # --- Leaving -----------------------------------------------------------------
