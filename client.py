@@ -33,7 +33,7 @@ password is starred out.
 With ``--tls`` the lines travel encrypted, and the server's certificate is
 checked against the system's certificate authorities or ``--cafile FILE``.
 The socket itself stays a plain TCP socket: TLS runs over memory buffers
-(``protocol.TLSLayer``), so that the reader thread decrypts what it
+(``transport.TLSLayer``), so that the reader thread decrypts what it
 receives while the main thread encrypts what it sends, without two threads
 ever sharing an ``ssl.SSLSocket``.
 
@@ -50,10 +50,10 @@ import socket
 import ssl
 import sys
 import threading
-from collections import deque
-from typing import Deque, List, Optional
+from typing import List, Optional
 
 import protocol
+import transport
 from terminal import (OutputClosed, Terminal, local_notice, render, sanitize,
                       wants_colour)
 
@@ -84,79 +84,9 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-class Connection:
-    """One TCP connection to the server, read and written as text lines;
-    with ``tls``, the lines are encrypted on it.
-
-    One thread reads (:meth:`read_line`) while another sends
-    (:meth:`send_line`); ``tls`` is safe for that (it has a lock), and a
-    lock here keeps each encrypted record whole and in order on the wire.
-    """
-
-    def __init__(self, sock: socket.socket,
-                 tls: Optional[protocol.TLSLayer] = None) -> None:
-        self.sock = sock
-        self.tls = tls
-        self._framer = protocol.LineFramer(MAX_SERVER_LINE, MAX_SERVER_DISCARD)
-        self._lines: Deque[str] = deque()  # received, not yet read
-        self._send_lock = threading.Lock()
-        self._ended = False  # the server ended TLS (close_notify)
-        if tls is not None:
-            # What came in with the end of the handshake, if anything.
-            self._take(tls.decrypt(b""))
-
-    def read_line(self) -> Optional[str]:
-        """The next line from the server, or None when it closed the
-        connection. Raises OSError (ssl.SSLError for a broken TLS stream),
-        or protocol.FramingError, if the connection broke."""
-        while not self._lines:
-            if self._ended:
-                return None
-            data = self.sock.recv(65536)
-            if not data:
-                return None
-            self._take(self.tls.decrypt(data) if self.tls else data)
-        return self._lines.popleft()
-
-    def _take(self, data: Optional[bytes]) -> None:
-        """Frame received plain text; None means the server ended TLS."""
-        if data is None:
-            self._ended = True
-            return
-        for frame in self._framer.feed(data):
-            self._lines.append(self._decode(frame))
-
-    @staticmethod
-    def _decode(frame: protocol.Frame) -> str:
-        if frame is protocol.OVERLONG:
-            return protocol.format_error(
-                "(a line from the server was too long to show)")
-        # Invalid UTF-8 becomes U+FFFD rather than an exception: the line
-        # is still worth showing. Control characters are kept here and
-        # made harmless by sanitize() when the line is printed.
-        return bytes(frame).decode(protocol.ENCODING, "replace").rstrip("\r")
-
-    def take_received(self) -> List[str]:
-        """The lines already received but not read yet (without waiting)."""
-        lines = list(self._lines)
-        self._lines.clear()
-        return lines
-
-    def send_line(self, text: str) -> None:
-        """Send one line (without its newline)."""
-        data = protocol.encode_line(text)
-        with self._send_lock:
-            if self.tls is not None:
-                data = self.tls.encrypt(data)
-            self.sock.sendall(data)
-
-    def close(self) -> None:
-        """Close the connection; wakes up a thread blocked in read_line()."""
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass  # already closed by the other end
-        self.sock.close()
+#: The connection to the server: a socket read and written as lines (and
+#: encrypted with TLS); one thread may read while another sends.
+Connection = transport.LineSocket
 
 
 def make_tls_context(cafile: Optional[str] = None,
@@ -212,21 +142,15 @@ def _looks_like_text(data: bytes) -> bool:
 
 
 def start_tls(sock: socket.socket, host: str, where: str,
-              context: ssl.SSLContext) -> protocol.TLSLayer:
-    """Run the TLS handshake on a connected socket (with the socket's
-    timeout). Raises OSError with one line fit to show."""
-    tls = protocol.TLSLayer(context, server_hostname=host)
+              context: ssl.SSLContext) -> transport.TLSLayer:
+    """Run the TLS handshake on a connected socket, all of it within the
+    socket's timeout. Raises OSError with one line fit to show."""
+    tls = transport.TLSLayer(context, server_hostname=host)
     first: List[bytes] = []
-
-    def receive() -> bytes:
-        data = sock.recv(65536)
-        if not first:
-            first.append(data)
-        return data
-
+    seconds = sock.gettimeout() or CONNECT_TIMEOUT
     hint = " (is the server running with TLS?)"
     try:
-        tls.handshake(sock.sendall, receive)
+        transport.handshake(sock, tls, seconds, received=first.append)
         return tls
     except ssl.SSLCertVerificationError as error:
         try:  # tell the server why (an alert), so that its log says so
@@ -241,7 +165,7 @@ def start_tls(sock: socket.socket, host: str, where: str,
         else:
             reason = _ssl_reason(error)
     except socket.timeout:
-        reason = f"no answer in {sock.gettimeout() or 0:g} s"
+        reason = f"no answer in {seconds:g} s"
     except ConnectionError:
         reason = "the server closed the connection"
     except OSError as error:
@@ -277,7 +201,7 @@ def connect(host: str, port: int,
             sock.close()
             raise
     sock.settimeout(None)  # from now on, block until something arrives
-    return Connection(sock, tls)
+    return Connection(sock, tls, MAX_SERVER_LINE, MAX_SERVER_DISCARD)
 
 
 # --- Choosing a nickname -----------------------------------------------------
@@ -601,9 +525,10 @@ def port_number(text: str) -> int:
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    width = max(len(usage) for usage, _ in protocol.HELP)
+    help_lines = protocol.help_lines()
+    width = max(len(usage) for usage, _ in help_lines)
     commands = "\n".join(f"  {usage.ljust(width)}  {what}"
-                         for usage, what in protocol.HELP)
+                         for usage, what in help_lines)
     parser = argparse.ArgumentParser(
         description="Chat in the terminal with the users of a chat server.",
         epilog="commands, once in the chat:\n" + commands,

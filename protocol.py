@@ -7,10 +7,14 @@ Everything both ends must agree on lives here, so that ``server.py`` and
 * framing: :class:`LineFramer` turns a byte stream into bounded lines;
 * :func:`decode_line`: bytes to text, refusing what may not travel;
 * nickname rules: :func:`nick_error` and :func:`nick_key`;
-* command parsing: :func:`parse_command` returns a small :class:`Command`;
+* the command table, :data:`COMMANDS`: one row per command, from which the
+  parser (:func:`parse_command`), ``-help``, the hint shown on joining and
+  the client's handling of what you type are all derived;
 * the text of every line the server sends (the ``format_*`` functions) and
-  :func:`parse_server_line`, which lets a client tell those lines apart;
-* :class:`TLSLayer`, TLS over memory buffers, for both ends.
+  :func:`parse_server_line`, which lets a client tell those lines apart.
+
+What only the server decides (rate limits, queue sizes, how many users) is
+in ``config.py``; sockets and TLS are in ``transport.py``.
 
 The protocol is UTF-8 text, one message per line, ending in ``\\n``
 (``\\r\\n`` is accepted), so ``nc 127.0.0.1 4321`` is a usable client.
@@ -22,10 +26,8 @@ A notice starts with ``* ``, an error with ``! ``, a private message with
 from __future__ import annotations
 
 import re
-import ssl
-import threading
 import unicodedata
-from typing import (Callable, Iterable, List, NamedTuple, Optional, Sequence,
+from typing import (Dict, Iterable, List, NamedTuple, Optional, Sequence,
                     Tuple, Union)
 
 # --- Limits and defaults (each one is documented in README.md) ---------------
@@ -44,21 +46,6 @@ NICK_MIN_CHARS = 1
 NICK_MAX_CHARS = 20
 #: Characters a nickname may hold besides letters and digits of any script.
 NICK_PUNCTUATION = "_-."
-#: Wrong admin passwords one connection may try before it gets no more tries.
-ADMIN_MAX_TRIES = 3
-#: Bytes queued for one slow reader before the server disconnects it.
-DEFAULT_OUTBOX_LIMIT = 1024 * 1024
-#: Flood control: lines per second a connection may send on average...
-DEFAULT_RATE_LIMIT = 20.0
-#: ...and how many it may send at once after a pause.
-DEFAULT_RATE_BURST = 40
-#: Connections served at once; one more is told the server is full.
-DEFAULT_MAX_CLIENTS = 1000
-#: Seconds a new connection has to choose a nickname.
-DEFAULT_REGISTER_TIMEOUT = 60.0
-#: Rooms up to this size get a notice per join and leave; larger rooms get
-#: one batched notice per second instead (see :func:`format_joined_many`).
-DEFAULT_ANNOUNCE_LIMIT = 100
 #: Names listed by name in a batched or joining notice; the rest are counted.
 MAX_NAMES_SHOWN = 50
 
@@ -227,9 +214,9 @@ class CommandError(ProtocolError):
 class Command(NamedTuple):
     """One line from a user, parsed.
 
-    ``name`` is one of :data:`COMMAND_NAMES`; ``target`` is the nickname a
-    command names (``-to``, ``-kick``) or the password (``-admin``);
-    ``text`` is the message, possibly empty.
+    ``name`` is the name of a row of :data:`COMMANDS`; ``target`` is the
+    nickname a command names (``-to``, ``-kick``) or the password
+    (``-admin``); ``text`` is the message, possibly empty.
     """
 
     name: str
@@ -237,70 +224,136 @@ class Command(NamedTuple):
     text: str = ""
 
 
-# What each command does, for -help; the order is the order shown.
-HELP: Sequence[Sequence[str]] = (
-    ("-to NICK text", "send text to NICK only (private)"),
-    ("-to NICK", "make NICK your partner: plain lines go to NICK only"),
-    ("-all text", "send text to everyone"),
-    ("-all", "plain lines go to everyone again (the default)"),
-    ("text", "a plain line goes to your partner, or to everyone"),
-    ("-users", "who is online"),
-    ("-help", "this list"),
-    ("-exit", "leave the chat"),
-    ("-admin PASSWORD", "become an admin"),
-    ("-kick NICK [reason]", "admin: disconnect NICK"),
-    ("down server", "admin: tell everyone, then stop the server"),
+# What follows a command's flag, and how it is read:
+NO_ARGUMENT = ""      # -users: nothing may follow
+TEXT = "text"         # -all [text]: the rest of the line, possibly empty
+NICK = "nick"         # -to NICK [text]: a nickname, then optional text
+SECRET = "secret"     # -admin PASSWORD: the rest, required, never shown
+
+# What client.py does with a command before (or instead of) sending it:
+SEND = ""             # just send it
+LOCAL = "local"       # answer it locally: it works with the server gone
+LEAVE = "leave"       # leave the chat politely
+HIDE = "hide"         # star the argument out on screen, keep it out of
+                      # the input history
+ROUTE = "route"       # it says where lines go: show the typed line as
+                      # going there, and wait for the partner to change
+
+
+class CommandSpec(NamedTuple):
+    """One row of the command table.
+
+    The server runs a command with the method ``do_<name>`` of
+    ``room.Room``; a test checks that every row has one.
+    """
+
+    name: str
+    #: What the line starts with: ``-to``; ``""`` for a plain line; a
+    #: phrase with a space (``down server``) must be the whole line.
+    flag: str
+    #: How what follows the flag is read: one of the constants above.
+    argument: str
+    #: Lines of ``-help``: (usage, what it does).
+    help: Tuple[Tuple[str, str], ...]
+    #: How the command is listed in the hint shown on joining; "" = not.
+    hint: str = ""
+    #: For admins only: what the refusal says they cannot do.
+    admin_only: str = ""
+    #: What client.py does with it (see the constants above).
+    client: str = SEND
+
+
+#: Every command, in the order ``-help`` lists them. Adding a command is a
+#: row here plus a ``do_<name>`` method in ``room.Room``.
+COMMANDS: Tuple[CommandSpec, ...] = (
+    CommandSpec("to", "-to", NICK, (
+        ("-to NICK text", "send text to NICK only (private)"),
+        ("-to NICK", "make NICK your partner: plain lines go to NICK only"),
+    ), hint="-to NICK [text]", client=ROUTE),
+    CommandSpec("all", "-all", TEXT, (
+        ("-all text", "send text to everyone"),
+        ("-all", "plain lines go to everyone again (the default)"),
+    ), hint="-all [text]", client=ROUTE),
+    CommandSpec("say", "", TEXT, (
+        ("text", "a plain line goes to your partner, or to everyone"),
+    )),
+    CommandSpec("users", "-users", NO_ARGUMENT, (
+        ("-users", "who is online"),
+    ), hint="-users"),
+    CommandSpec("help", "-help", NO_ARGUMENT, (
+        ("-help", "this list"),
+    ), client=LOCAL),
+    CommandSpec("exit", "-exit", NO_ARGUMENT, (
+        ("-exit", "leave the chat"),
+    ), hint="-exit", client=LEAVE),
+    CommandSpec("admin", "-admin", SECRET, (
+        ("-admin PASSWORD", "become an admin"),
+    ), client=HIDE),
+    CommandSpec("kick", "-kick", NICK, (
+        ("-kick NICK [reason]", "admin: disconnect NICK"),
+    ), admin_only="kick users"),
+    CommandSpec("down", "down server", NO_ARGUMENT, (
+        ("down server", "admin: tell everyone, then stop the server"),
+    ), admin_only="shut the server down"),
 )
 
-SHUTDOWN_COMMAND = "down server"
-
-# Flag -> (command name, what follows the flag: "" none, "text",
-# "nick" a nickname then optional text, "password").
-_FLAGS = {
-    "-to": ("to", "nick"),
-    "-all": ("all", "text"),
-    "-users": ("users", ""),
-    "-help": ("help", ""),
-    "-exit": ("exit", ""),
-    "-admin": ("admin", "password"),
-    "-kick": ("kick", "nick"),
-}
-
+#: Rows by name.
+COMMANDS_BY_NAME: Dict[str, CommandSpec] = {
+    spec.name: spec for spec in COMMANDS}
 #: Every value :attr:`Command.name` can take.
-COMMAND_NAMES = tuple(name for name, _ in _FLAGS.values()) + ("down", "say")
+COMMAND_NAMES = tuple(COMMANDS_BY_NAME)
+#: Flag commands by their flag, lower case (flags ignore case).
+_BY_FLAG = {spec.flag: spec for spec in COMMANDS
+            if spec.flag.startswith("-")}
+#: Whole-line commands (``down server``) by their words, lower case.
+_BY_PHRASE = {spec.flag: spec for spec in COMMANDS
+              if " " in spec.flag and not spec.flag.startswith("-")}
+_SAY = COMMANDS_BY_NAME["say"]
+
+# Kept for the readers of older code: the shutdown phrase.
+SHUTDOWN_COMMAND = COMMANDS_BY_NAME["down"].flag
+
+
+def command_spec(line: str) -> Optional[CommandSpec]:
+    """The row of the command a line is, without checking its arguments;
+    None for a line starting with an unknown flag."""
+    if not line.startswith("-"):
+        return _BY_PHRASE.get(" ".join(line.split()).lower(), _SAY)
+    return _BY_FLAG.get(_split_word(line)[0].lower())
 
 
 def parse_command(line: str) -> Command:
     """Parse one decoded line into a :class:`Command`.
 
     A line starting with ``-`` is a command (flags are case-insensitive);
-    ``down server`` is the shutdown command; anything else is ``say``, a
-    plain message. Raises :class:`CommandError`, with a message for the user,
-    for an unknown flag or a command missing its argument.
+    a whole-line phrase such as ``down server`` is its command; anything
+    else is ``say``, a plain message. Raises :class:`CommandError`, with a
+    message for the user, for an unknown flag or a command missing its
+    argument.
     """
-    if not line.startswith("-"):
-        if " ".join(line.split()).lower() == SHUTDOWN_COMMAND:
-            return Command("down")
-        return Command("say", text=line)
-    flag, rest = _split_word(line)
-    flag = flag.lower()
-    if flag not in _FLAGS:
+    spec = command_spec(line)
+    if spec is None:
+        flag = _split_word(line)[0].lower()
         raise CommandError(
             f"unknown command {flag[:30]!r}; type -help for the list")
-    name, argument = _FLAGS[flag]
-    if argument == "":
+    if spec is _SAY:
+        return Command("say", text=line)
+    if not spec.flag.startswith("-"):
+        return Command(spec.name)  # a phrase: the whole line
+    rest = _split_word(line)[1]
+    if spec.argument == NO_ARGUMENT:
         if rest:
-            raise CommandError(f"{flag} takes no arguments")
-        return Command(name)
-    if argument == "text":
-        return Command(name, text=rest)
+            raise CommandError(f"{spec.flag} takes no arguments")
+        return Command(spec.name)
+    if spec.argument == TEXT:
+        return Command(spec.name, text=rest)
     if not rest:
-        what = "PASSWORD" if argument == "password" else "NICK"
-        raise CommandError(f"usage: {flag} {what}")
-    if argument == "password":
-        return Command(name, target=rest)
+        what = spec.help[0][0].split()[1]  # NICK, PASSWORD
+        raise CommandError(f"usage: {spec.flag} {what}")
+    if spec.argument == SECRET:
+        return Command(spec.name, target=rest)
     target, text = _split_word(rest)
-    return Command(name, target=target, text=text)
+    return Command(spec.name, target=target, text=text)
 
 
 def _split_word(text: str) -> Tuple[str, str]:
@@ -310,6 +363,11 @@ def _split_word(text: str) -> Tuple[str, str]:
     if not parts:
         return "", ""
     return parts[0], (parts[1].strip() if len(parts) > 1 else "")
+
+
+def help_lines() -> List[Tuple[str, str]]:
+    """Every (usage, what it does) pair of ``-help``, in order."""
+    return [line for spec in COMMANDS for line in spec.help]
 
 
 # --- Server lines ------------------------------------------------------------
@@ -366,16 +424,16 @@ def format_welcome(nick: str) -> str:
 def format_commands_hint() -> str:
     """The one-line list of commands shown on joining."""
     # Short enough for an 80-column terminal; -help has the rest.
-    return format_notice(
-        "Commands: -to NICK [text], -all [text], -users, -exit; -help for"
-        " more")
+    listed = ", ".join(spec.hint for spec in COMMANDS if spec.hint)
+    return format_notice(f"Commands: {listed}; -help for more")
 
 
 def format_help() -> List[str]:
     """The lines of ``-help``."""
-    width = max(len(usage) for usage, _ in HELP)
+    lines = help_lines()
+    width = max(len(usage) for usage, _ in lines)
     return [format_notice(f"{usage.ljust(width)}  {what}")
-            for usage, what in HELP]
+            for usage, what in lines]
 
 
 def format_users(nicks: Sequence[str], me: str, admins: Iterable[str] = (),
@@ -521,88 +579,6 @@ def format_line_too_long(limit: int = MAX_LINE_BYTES) -> str:
 
 def format_flooding() -> str:
     return format_error("no end of line in a megabyte; disconnecting")
-
-
-# --- TLS ---------------------------------------------------------------------
-
-
-class TLSLayer:
-    """TLS for one connection, kept apart from its socket.
-
-    OpenSSL must not be used by two threads at once, yet one thread reads
-    (and decrypts) while others send (and encrypt). So the socket stays a
-    plain TCP socket and TLS runs over memory buffers behind one lock:
-    :meth:`decrypt` what ``recv`` returned, :meth:`encrypt` what is about
-    to be sent. Both ends use it: the server with ``server_side=True``, the
-    client with the ``server_hostname`` it verifies.
-    """
-
-    def __init__(self, context: ssl.SSLContext, server_side: bool = False,
-                 server_hostname: Optional[str] = None) -> None:
-        self._incoming = ssl.MemoryBIO()
-        self._outgoing = ssl.MemoryBIO()
-        self._tls = context.wrap_bio(self._incoming, self._outgoing,
-                                     server_side=server_side,
-                                     server_hostname=server_hostname)
-        self._lock = threading.Lock()
-        self._ended = False  # the peer's close_notify has come
-
-    def handshake(self, send: Callable[[bytes], None],
-                  receive: Callable[[], bytes]) -> None:
-        """Run the handshake, sending with ``send`` and reading with
-        ``receive`` (blocking; the caller sets the timeout). Raises
-        ``ssl.SSLError`` if it fails, ``ConnectionError`` if the peer
-        closes."""
-        while True:
-            with self._lock:
-                try:
-                    self._tls.do_handshake()
-                    done = True
-                except ssl.SSLWantReadError:
-                    done = False
-                reply = self._outgoing.read()
-            if reply:
-                send(reply)
-            if done:
-                return
-            data = receive()
-            if not data:
-                raise ConnectionError("connection closed during the TLS"
-                                      " handshake")
-            with self._lock:
-                self._incoming.write(data)
-
-    def decrypt(self, data: bytes) -> Optional[bytes]:
-        """The plain text in ``data`` (possibly none yet), or None once
-        the peer has closed TLS. Raises ``ssl.SSLError`` on a broken
-        stream."""
-        with self._lock:
-            self._incoming.write(data)
-            pieces = []
-            while not self._ended:
-                try:
-                    piece = self._tls.read(64 * 1024)
-                except ssl.SSLWantReadError:
-                    break  # no complete record left
-                except ssl.SSLZeroReturnError:
-                    piece = b""
-                if not piece:
-                    # Python's read() returns b"" (rather than raising)
-                    # once the peer's close_notify has come.
-                    self._ended = True
-                    break
-                pieces.append(piece)
-            if self._ended and not pieces:
-                return None
-            return b"".join(pieces)
-
-    def encrypt(self, data: bytes) -> bytes:
-        """The bytes to send for ``data``, with any TLS messages that
-        are waiting to go (such as replies to the peer's)."""
-        with self._lock:
-            if data:
-                self._tls.write(data)
-            return self._outgoing.read()
 
 
 # --- Reading server lines (for clients) --------------------------------------

@@ -372,7 +372,7 @@ def test_live_server_survives_random_bytes(make_server, caplog, monkeypatch):
     assert stats[0] > 1_000_000, stats  # the fuzz really ran
     assert not server.stopping
     # Every fuzz connection is closed: no connection or nickname is left.
-    wait_until(lambda: len(server.registry) == 0 and not server._connections,
+    wait_until(lambda: len(server.room) == 0 and server.connection_count == 0,
                what="no ghost nickname or connection")
     # And the server still works for ordinary users.
     alice = LineClient(server.address).register("alice")

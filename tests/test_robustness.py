@@ -24,8 +24,11 @@ from typing import Callable, Iterator, List, Optional
 
 import pytest
 
+import config
 import protocol
+import room as room_module
 import server as server_module
+import transport
 from conftest import ADMIN_PASSWORD, DEADLINE, LineClient, wait_until
 
 MiB = 1024 * 1024
@@ -182,12 +185,11 @@ def clients() -> Iterator[Callable[..., LineClient]]:
 
 
 def nicks_online(server) -> List[str]:
-    return sorted(server.registry.nicknames().values())
+    return sorted(server.room.nicknames().values())
 
 
 def connection_count(server) -> int:
-    with server._connections_lock:
-        return len(server._connections)
+    return server.connection_count
 
 
 # --- Framing -----------------------------------------------------------------
@@ -530,19 +532,28 @@ def test_bad_nicknames_do_not_extend_the_register_timeout(make_server):
         client.close()
 
 
-def test_accepted_sockets_have_keepalive_and_no_delay(server, clients):
-    clients(server, "alice")
+def test_accepted_sockets_have_keepalive_and_no_delay(server, clients,
+                                                     monkeypatch):
+    configured: List[socket.socket] = []
+    real = transport.configure_socket
+
+    def spy(sock: socket.socket, *args, **kwargs) -> None:
+        real(sock, *args, **kwargs)
+        configured.append(sock)
+
+    monkeypatch.setattr(transport, "configure_socket", spy)
+    alice = clients(server, "alice")
     clients(server)
     wait_until(lambda: connection_count(server) == 2, what="2 connections")
-    with server._connections_lock:
-        sessions = list(server._connections)
-    for session in sessions:
-        sock = session.sock
+    alice.send("-users")
+    alice.expect(lambda line: line.startswith("* Online"))
+    assert len(configured) == 2
+    for sock in configured:
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
         if hasattr(socket, "TCP_KEEPIDLE"):
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) \
-                == server_module.KEEPALIVE_IDLE
+                == transport.KEEPALIVE_IDLE
 
 
 # --- Capacity ----------------------------------------------------------------
@@ -638,19 +649,19 @@ def test_thousand_users_at_once(make_server):
             user.send(user.nick)
         for user in users:
             user.expect(protocol.format_welcome(user.nick))
-        wait_until(lambda: len(server.registry) == count, timeout=20,
+        wait_until(lambda: len(server.room) == count, timeout=20,
                    what="1000 registered")
         users[0].send("-all hello thousand")
         for user in users[1:]:
             user.expect("user0: hello thousand")
         elapsed = time.monotonic() - start
         assert elapsed < 20, f"1000 users took {elapsed:.1f} s"
-        assert len(server.registry) == count
-        assert len(set(server.registry.nicknames().values())) == count
+        assert len(server.room) == count
+        assert len(set(server.room.nicknames().values())) == count
     finally:
         for user in users:
             user.close()
-    wait_until(lambda: len(server.registry) == 0, timeout=20,
+    wait_until(lambda: len(server.room) == 0, timeout=20,
                what="all 1000 gone")
 
 
@@ -659,15 +670,15 @@ def test_thousand_users_at_once(make_server):
 
 def test_password_is_compared_in_constant_time(server, clients, monkeypatch):
     calls = []
-    real = server_module.hmac.compare_digest
+    real = room_module.hmac.compare_digest
 
     def spy(a, b):
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(server_module.hmac, "compare_digest", spy)
-    assert not server.check_password("wrong")
-    assert server.check_password(ADMIN_PASSWORD)
+    monkeypatch.setattr(room_module.hmac, "compare_digest", spy)
+    assert not server.room.check_password("wrong")
+    assert server.room.check_password(ADMIN_PASSWORD)
     assert len(calls) == 2
     alice = clients(server, "alice")
     alice.send(f"-admin {ADMIN_PASSWORD}")
@@ -739,7 +750,7 @@ def test_admin_attempts_after_lockout_are_logged_too(
     # those refused attempts must leave a trace with the address.
     caplog.set_level(logging.DEBUG, logger="chat")
     alice = clients(server, "alice")
-    for _ in range(protocol.ADMIN_MAX_TRIES):
+    for _ in range(config.ADMIN_MAX_TRIES):
         alice.send("-admin nope")
         alice.read_line()
     for _ in range(2):
@@ -748,7 +759,7 @@ def test_admin_attempts_after_lockout_are_logged_too(
     address = "127.0.0.1:%d" % alice.sock.getsockname()[1]
     refused = [r.getMessage() for r in caplog.records
                if address in r.getMessage() and "admin" in r.getMessage()]
-    assert len(refused) == protocol.ADMIN_MAX_TRIES + 2, refused
+    assert len(refused) == config.ADMIN_MAX_TRIES + 2, refused
 
 
 # --- Races -------------------------------------------------------------------

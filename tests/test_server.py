@@ -172,7 +172,7 @@ def test_dropped_connection_counts_as_exit(server, connect):
     alice.expect(protocol.format_joined("bob"))
     bob.close()
     alice.next_is(protocol.format_left("bob"))
-    wait_until(lambda: len(server.registry) == 1, what="bob gone")
+    wait_until(lambda: len(server.room) == 1, what="bob gone")
 
 
 def test_admin_wrong_password_three_tries(connect):
@@ -201,7 +201,7 @@ def test_kick(server, connect):
     carol.expect(kicked)
     alice.next_is(kicked)
     marker(alice, carol)  # no "left" notice after the kick notice
-    assert sorted(server.registry.nicknames().values()) == ["alice", "carol"]
+    assert sorted(server.room.nicknames().values()) == ["alice", "carol"]
 
 
 def test_down_server_tells_everyone(server, connect):
@@ -277,7 +277,7 @@ def test_nick_race_has_one_winner(make_server):
                    for c in clients]
         winners = [a for a in answers if a.startswith("* Welcome")]
         assert len(winners) == 1, answers
-        assert list(server.registry.nicknames().values()).count(nick) == 1
+        assert list(server.room.nicknames().values()).count(nick) == 1
         for client in clients:
             client.close()
-        wait_until(lambda: len(server.registry) == 0, what="room empty")
+        wait_until(lambda: len(server.room) == 0, what="room empty")

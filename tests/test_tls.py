@@ -28,7 +28,7 @@ import pytest
 
 import client
 import protocol
-import server as server_module
+import config
 from conftest import DEADLINE, ROOT, LineClient, wait_until
 
 TLS_DIR = os.path.join(ROOT, "tests", "tls")
@@ -232,7 +232,7 @@ def test_plain_client_py_on_a_tls_port_says_so(tls_server, users,
                                                monkeypatch) -> None:
     # client.py waits for the prompt, saying nothing; the server waits for
     # a ClientHello until its handshake timeout, then says it uses TLS.
-    monkeypatch.setattr(server_module, "TLS_HANDSHAKE_SECONDS", 0.3)
+    monkeypatch.setattr(config, "TLS_HANDSHAKE_SECONDS", 0.3)
     result = run_client(tls_server.address[1], stdin="alice\n")
     line = one_line_error(result)
     assert line == ("client.py: cannot join the chat: this server uses TLS;"
@@ -316,7 +316,7 @@ def test_silent_connections_do_not_hold_up_others(tls_server, users) -> None:
         bob = users(tls_server.address, "bob")
         alice.send("-all still here")
         bob.expect("alice: still here")
-        assert time.monotonic() - started < server_module.TLS_HANDSHAKE_SECONDS
+        assert time.monotonic() - started < config.TLS_HANDSHAKE_SECONDS
     finally:
         for sock in stalled:
             sock.close()
