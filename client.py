@@ -50,7 +50,7 @@ import socket
 import ssl
 import sys
 import threading
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import protocol
 import transport
@@ -302,21 +302,31 @@ def echo_for(line: str, prompt: str, partner: str) -> Optional[str]:
     ``prompt`` is the prompt the line was typed at; ``partner`` who plain
     lines go to now ("" for everyone).
     """
-    if not line.strip():
-        return None  # not sent
-    try:
-        command = protocol.parse_command(line)
-    except protocol.CommandError:
-        return None  # the server answers with what is wrong
-    if command.name == "to" and command.text:
+    command, spec = parse_typed(line)
+    if command is None or spec is None:
+        return None  # not sent, or the server answers with what is wrong
+    if spec.client == protocol.ROUTE and command.text:
+        # -to NICK text, -all text (whose target is "", everyone)
         return prompt_for(command.target) + command.text
-    if command.name == "all" and command.text:
-        return prompt_for("") + command.text
-    if command.name == "admin":
+    if spec.client == protocol.HIDE:
         return line.split(None, 1)[0] + " ********"
     if command.name == "say" and prompt_for(partner) != prompt:
         return prompt_for(partner) + line
     return None
+
+
+def parse_typed(line: str) -> Tuple[Optional[protocol.Command],
+                                    Optional[protocol.CommandSpec]]:
+    """A typed line as a command and its row of the command table; both
+    None for an empty line or one the server will refuse (it is sent
+    anyway: the server explains what is wrong)."""
+    if not line.strip():
+        return None, None
+    try:
+        command = protocol.parse_command(line)
+    except protocol.CommandError:
+        return None, None
+    return command, protocol.COMMANDS_BY_NAME[command.name]
 
 
 class ChatState:
@@ -448,25 +458,29 @@ def show_help(terminal: Terminal) -> None:
                          for line in protocol.format_help()])
 
 
+#: The commands client.py answers itself (``client`` is ``LOCAL`` in the
+#: command table), so that they work with the server gone.
+LOCAL_COMMANDS = {"help": show_help}
+
+
 def handle_line(line: str, conn: Connection, terminal: Terminal,
                 state: ChatState) -> bool:
-    """Act on one typed line; False when the user asked to leave."""
+    """Act on one typed line; False when the user asked to leave. What the
+    client does with a command is said by its row of the command table."""
     if not line.strip():
         return True  # nothing to say
-    try:
-        command: Optional[protocol.Command] = protocol.parse_command(line)
-    except protocol.CommandError:
-        command = None  # send it anyway: the server explains what is wrong
-    if command is not None and command.name == "help":
-        show_help(terminal)
+    command, spec = parse_typed(line)
+    action = spec.client if spec is not None else protocol.SEND
+    if action == protocol.LOCAL:
+        LOCAL_COMMANDS[spec.name](terminal)  # type: ignore[union-attr]
         return True
-    if command is not None and command.name == "exit":
+    if action == protocol.LEAVE:
         return False
-    if command is not None and command.name == "admin":
+    if action == protocol.HIDE:
         terminal.forget_last_line()
     # "-to NICK" and "-all" change who plain lines go to; wait for the
     # server's answer so that the next prompt shows the right partner.
-    changes_partner = (command is not None and command.name in ("to", "all")
+    changes_partner = (action == protocol.ROUTE and command is not None
                        and not command.text)
     seen = state.replies
     conn.send_line(line)
