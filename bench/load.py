@@ -64,8 +64,9 @@ server's certificate against ``--cafile`` (default ``tests/tls/cert.pem``).
 A TLS client sends its nickname when the server's prompt comes, that is
 once the server is through its side of the handshake (a plain client sends
 it at once).
-The clients run TLS over memory buffers (``ssl.MemoryBIO``) next to their
-non-blocking sockets, so the event loop is the same as without TLS. With
+The clients run TLS over memory buffers (``transport.TLSLayer``, the
+chat's own) next to their non-blocking sockets, so the event loop is the
+same as without TLS. With
 ``--compare-ncat`` ncat is started with ``--ssl --ssl-cert --ssl-key`` too.
 
 Everything goes to 127.0.0.1 or ::1 only. Each run is bounded by
@@ -127,10 +128,18 @@ from dataclasses import dataclass
 from typing import (Any, Callable, Deque, Dict, Iterator, List, Optional,
                     Sequence, Set, Tuple)
 
-# --- Settings ----------------------------------------------------------------
-
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(BENCH_DIR)
+if REPO_DIR not in sys.path:
+    sys.path.insert(0, REPO_DIR)
+
+# The chat's own TLS and line framing, so that the bench reads the server's
+# lines exactly as its clients do.
+import protocol  # noqa: E402
+from transport import LineDecoder, TLSLayer  # noqa: E402
+
+# --- Settings ----------------------------------------------------------------
+
 DEFAULT_SERVER = os.path.join(REPO_DIR, "server.py")
 DEFAULT_JSON = os.path.join(BENCH_DIR, "results", "latest.json")
 DEFAULT_HOST = "127.0.0.1"
@@ -160,8 +169,9 @@ CONNECT_WINDOW = 400
 #: goes wrong, so it gets fewer at once.
 NCAT_CONNECT_WINDOW = 8
 RECV_SIZE = 256 * 1024
-#: Bytes of an unfinished line a client keeps before it gives up.
-MAX_PARTIAL_LINE = 1024 * 1024
+#: Longest line a client accepts from the server, in bytes (its framer's
+#: limit): a longer one drops the connection.
+MAX_LINE = 1024 * 1024
 #: Lines an unpaced sender stamps and queues at once.
 SEND_BATCH = 64
 #: Longest sleep of a worker's event loop, so it notices timers and stops.
@@ -200,6 +210,8 @@ TOKEN_WORD = b"t"
 TOKEN_MARK = b" t "          # in "nick: t 3 17 123" and "<user5> t 3 17 123"
 TOKEN_START = b"t "         # ...and "t 3 18 123", relayed bare by ncat
 BARE_TOKEN_MARK = b"\nt "
+#: Bytes of a received stream kept to find a mark cut between two chunks.
+MARK_OVERLAP = len(TOKEN_MARK) - 1
 BARRIER_MARK = b" barrier "
 WELCOME_MARK = b"* Welcome, "
 PROMPT_MARK = b"* Choose a nickname"
@@ -372,10 +384,10 @@ READ_WRITE = selectors.EVENT_READ | selectors.EVENT_WRITE
 class Client:
     """One connection of a worker, with what it has received."""
 
-    __slots__ = ("index", "nick", "sock", "state", "events", "out", "partial",
-                 "chunks", "tokens", "expected", "seen_barrier", "started_ns",
-                 "registered_ns", "next_seq", "tls", "tls_in", "tls_out",
-                 "secured")
+    __slots__ = ("index", "nick", "sock", "state", "events", "out",
+                 "decoder", "tail", "chunks", "tokens", "expected",
+                 "seen_barrier", "started_ns", "registered_ns", "next_seq",
+                 "tls", "secured")
 
     def __init__(self, index: int, nick: str, expected: int) -> None:
         self.index = index
@@ -384,17 +396,20 @@ class Client:
         self.state = NEW
         self.events = 0
         self.out = bytearray()            # bytes not yet taken by the kernel
-        self.partial = b""                # an unfinished received line
-        self.chunks: List[Tuple[int, bytes]] = []  # (arrival ns, whole lines)
+        # Line framing (and with --tls decryption, see _connected) of what
+        # the server sends.
+        self.decoder = LineDecoder(max_line=MAX_LINE)
+        # The send phase: (arrival ns, plain bytes as received), framed
+        # only afterwards (analyse), with the last bytes seen.
+        self.chunks: List[Tuple[int, bytes]] = []
+        self.tail = b"\n"
         self.tokens = 0                   # token lines received, roughly
         self.expected = expected
         self.seen_barrier = False
         self.started_ns = 0
         self.registered_ns = 0
         self.next_seq = 0                 # next line a sender sends
-        self.tls: Optional[ssl.SSLObject] = None   # with --tls
-        self.tls_in: Optional[ssl.MemoryBIO] = None   # not yet decrypted
-        self.tls_out: Optional[ssl.MemoryBIO] = None  # not yet in ``out``
+        self.tls: Optional[TLSLayer] = None   # with --tls
         self.secured = False              # the TLS handshake is done
 
 
@@ -421,7 +436,11 @@ class Worker:
             Client(index, nick_for(plan.nick_tag, index),
                    expected_per_receiver(index, plan.senders, plan.messages))
             for index in plan.clients]
-        self.on_lines: Callable[[Client, bytes, int], None] = self._ignore
+        # What the phase does with the lines a client received (and when
+        # they came), or, in the send phase (``keep_raw``), with the bytes.
+        self.on_lines: Callable[[Client, List[bytes], int],
+                                None] = self._ignore
+        self.keep_raw = False
         self.errors: Dict[str, int] = {}
         self.dropped = 0                  # connections lost after registering
         self.in_flight = 0
@@ -523,8 +542,7 @@ class Worker:
         records that carry it."""
         if client.tls is None:
             return data
-        client.tls.write(data)
-        return client.tls_out.read()
+        return client.tls.encrypt(data)
 
     def _flush(self, client: Client) -> bool:
         """Hand queued bytes to the kernel; True when none are left."""
@@ -559,67 +577,88 @@ class Worker:
         if not data:
             self._drop(client, "connection closed by the server")
             return
-        if client.tls is not None:
-            data = self._decrypt(client, data)
-            if not data:
+        if client.tls is not None and not client.secured:
+            if not self._handshake(client, data):
                 return
-        arrived = now_ns()
-        cut = data.rfind(b"\n")
-        if cut < 0:
-            client.partial += data
-            if len(client.partial) > MAX_PARTIAL_LINE:
-                self._drop(client, "line without end from the server")
-            return
-        if client.partial:
-            cut += len(client.partial)
-            data = client.partial + data
-            client.partial = b""
-        if cut + 1 < len(data):
-            client.partial = data[cut + 1:]
-            data = data[:cut + 1]
-        self.on_lines(client, data, arrived)
-
-    def _decrypt(self, client: Client, data: bytes) -> bytes:
-        """The plain text in ``data`` (possibly none yet); runs the
-        handshake while it is not done. Drops the client on a TLS error."""
-        client.tls_in.write(data)
-        if not client.secured and not self._handshake(client):
-            return b""
-        pieces = []
+            data = b""   # lines that came with its end are held by TLS
         try:
-            while True:
-                piece = client.tls.read(RECV_SIZE)
-                if not piece:
-                    break
-                pieces.append(piece)
-        except ssl.SSLWantReadError:
-            pass
-        except ssl.SSLZeroReturnError:
-            self._drop(client, "TLS closed by the server")
-            return b""
+            if self.keep_raw:
+                self._keep(client, data)
+            else:
+                self._decode(client, data)
         except ssl.SSLError as error:
             self._drop(client, f"TLS: {error.reason or error}")
-            return b""
-        if client.tls_out.pending:  # a reply TLS itself needs to send
-            client.out += client.tls_out.read()
-            self._flush(client)
-        return b"".join(pieces)
+        except protocol.FramingError:
+            self._drop(client, "line without end from the server")
 
-    def _handshake(self, client: Client) -> bool:
-        """One step of the TLS handshake; True once it is done (the client
-        then registers). Drops the client if the handshake fails."""
+    def _decode(self, client: Client, data: bytes) -> None:
+        """Decrypt and frame ``data`` now, and hand its complete lines to
+        the phase, stamped with when they could be read."""
+        frames = client.decoder.feed(data)
+        arrived = now_ns()
+        if client.decoder.ended:
+            self._drop(client, "TLS closed by the server")
+            return
+        self._send_tls_replies(client)
+        if not frames:
+            return
+        if protocol.OVERLONG in frames:
+            self._drop(client, "line without end from the server")
+            return
+        self.on_lines(client, frames, arrived)  # type: ignore[arg-type]
+
+    def _keep(self, client: Client, data: bytes) -> None:
+        """The send phase: decrypt ``data`` and keep it as it is, stamped
+        with when it could be read; analyse frames it afterwards. Only the
+        token lines are counted now, roughly, to know when all came."""
+        if client.tls is not None:
+            plain = client.tls.decrypt(data)
+            if plain is None:
+                self._drop(client, "TLS closed by the server")
+                return
+            data = plain
+        if not data:
+            return
+        arrived = now_ns()
+        self._send_tls_replies(client)
+        client.chunks.append((arrived, data))
+        # A mark may be cut between the previous chunk and this one.
+        edge = client.tail + data[:MARK_OVERLAP]
+        count = data.count(TOKEN_MARK) + edge.count(TOKEN_MARK)
+        if self.bare_tokens:
+            count += (data.count(BARE_TOKEN_MARK)
+                      + edge.count(BARE_TOKEN_MARK))
+        client.tail = (client.tail + data[-MARK_OVERLAP:])[-MARK_OVERLAP:]
+        if not count:
+            return
+        self.last_token_ns = arrived
+        before = client.tokens
+        client.tokens += count
+        if before < client.expected <= client.tokens:
+            self.incomplete -= 1
+
+    def _send_tls_replies(self, client: Client) -> None:
+        """Send what TLS itself has to answer to what it read, if any."""
+        if client.tls is not None and client.state != CLOSED:
+            reply = client.tls.encrypt(b"")
+            if reply:
+                client.out += reply
+                self._flush(client)
+
+    def _handshake(self, client: Client, received: bytes = b"") -> bool:
+        """One step of the TLS handshake with what came from the server;
+        True once it is done (the client then registers). Drops the client
+        if the handshake fails."""
         try:
-            client.tls.do_handshake()
-            client.secured = True
-        except ssl.SSLWantReadError:
-            pass
+            done, reply = client.tls.step(received)
         except ssl.SSLError as error:
             reason = getattr(error, "verify_message", None) or error.reason
             self._drop(client, f"TLS handshake: {reason or error}")
             return False
-        client.out += client.tls_out.read()
+        client.out += reply
         self._flush(client)
-        if client.secured and client.state == REGISTERING:
+        if done and client.state == REGISTERING:
+            client.secured = True
             self._secured(client)
         return client.secured and client.state == REGISTERING
 
@@ -707,10 +746,9 @@ class Worker:
         client.state = REGISTERING
         client.started_ns = client.started_ns or now_ns()
         if self.tls_context is not None:
-            client.tls_in, client.tls_out = ssl.MemoryBIO(), ssl.MemoryBIO()
-            client.tls = self.tls_context.wrap_bio(
-                client.tls_in, client.tls_out,
-                server_hostname=self.plan.address[0])
+            client.tls = TLSLayer(self.tls_context,
+                                  server_hostname=self.plan.address[0])
+            client.decoder = LineDecoder(client.tls, max_line=MAX_LINE)
             self._handshake(client)   # sends the ClientHello
         else:
             self._secured(client)
@@ -735,18 +773,20 @@ class Worker:
         client.registered_ns = now
         self._settle(client)
 
-    def _register_lines(self, client: Client, data: bytes, now: int) -> None:
+    def _register_lines(self, client: Client, lines: List[bytes],
+                        now: int) -> None:
         if client.state != REGISTERING:
             return
-        if not self.chat or WELCOME_MARK in data:
+        if not self.chat or any(WELCOME_MARK in line for line in lines):
             self._ready(client, now)
             return
-        for line in data.split(b"\n"):
+        for line in lines:
             if line.startswith(ERROR_MARK):
                 text = line.decode("utf-8", "replace")
                 self._drop(client, f"refused: {text[:100]}")
                 return
-        if client.tls is not None and PROMPT_MARK in data:
+        if client.tls is not None and any(PROMPT_MARK in line
+                                          for line in lines):
             self._send(client, client.nick.encode() + b"\n")
 
     def _ncat_registered(self, now: int) -> None:
@@ -785,8 +825,10 @@ class Worker:
 
         self.serve(until, self.plan.deadline_ns, tick)
 
-    def _barrier_lines(self, client: Client, data: bytes, now: int) -> None:
-        if not client.seen_barrier and BARRIER_MARK in data:
+    def _barrier_lines(self, client: Client, lines: List[bytes],
+                       now: int) -> None:
+        if not client.seen_barrier and any(BARRIER_MARK in line
+                                           for line in lines):
             client.seen_barrier = True
             if client.index != 0:
                 self.missing_barrier -= 1
@@ -799,7 +841,7 @@ class Worker:
                    if c.index < plan.senders and c.state == READY]
         self.incomplete = sum(1 for c in self.clients
                               if c.state == READY and c.tokens < c.expected)
-        self.on_lines = self._measure_lines
+        self.keep_raw = True
         cpu_before = cpu_seconds()
         state = {"started": False, "sent": False}
         ns_per_line = NS_PER_S / plan.rate if plan.rate > 0 else 0.0
@@ -884,25 +926,16 @@ class Worker:
                 for seq in range(first, last)))
             client.next_seq = last
 
-    def _measure_lines(self, client: Client, data: bytes, now: int) -> None:
-        count = data.count(TOKEN_MARK)
-        if self.bare_tokens:
-            count += data.count(BARE_TOKEN_MARK) + data.startswith(TOKEN_START)
-        if not count:
-            return
-        client.chunks.append((now, data))
-        self.last_token_ns = now
-        before = client.tokens
-        client.tokens += count
-        if before < client.expected <= client.tokens:
-            self.incomplete -= 1
-
     # Phase 4: report.
 
     def finish(self) -> None:
         self.serve(lambda: False, now_ns() + FINAL_DRAIN_NS)
         connected = sum(1 for c in self.clients if c.state == READY)
         result = analyse(self.clients, self.plan)
+        unframed = result.pop("unframed")
+        if unframed:
+            reason = "line without end from the server"
+            self.errors[reason] = self.errors.get(reason, 0) + unframed
         result.update({
             "connected": connected,
             "dropped": self.dropped,
@@ -913,7 +946,7 @@ class Worker:
             self._close(client)
         self.reply("result", result)
 
-    def _ignore(self, client: Client, data: bytes, now: int) -> None:
+    def _ignore(self, client: Client, lines: List[bytes], now: int) -> None:
         pass
 
     def close(self) -> None:
@@ -930,6 +963,8 @@ def analyse(clients: Sequence[Client], plan: Plan) -> Dict[str, Any]:
     A token line is ``NICK: t SENDER SEQ TIME_NS`` (chat) or ``<userK> t
     SENDER SEQ TIME_NS`` (ncat), or for ncat also bare ``t SENDER SEQ
     TIME_NS``: ncat prefixes only the first line of each chunk it relays.
+    The chunks kept in the send phase go through each client's framer, in
+    order, so a line arrived with the chunk that holds its end.
     """
     senders, messages = plan.senders, plan.messages
     bare = plan.protocol == NCAT   # lines without the "<userK> " prefix
@@ -937,7 +972,7 @@ def analyse(clients: Sequence[Client], plan: Plan) -> Dict[str, Any]:
     dup_by_sender = [0] * senders
     reordered_by_sender = [0] * senders
     latencies = array.array("q")
-    delivered = malformed = echoed = 0
+    delivered = malformed = echoed = broken = 0
     last_delivery_ns = 0
     receivers_with_issues = 0
     issue_sample: Dict[str, Dict[str, int]] = {}
@@ -947,9 +982,18 @@ def analyse(clients: Sequence[Client], plan: Plan) -> Dict[str, Any]:
         seen = [bytearray(messages) for _ in range(senders)]
         highest = [-1] * senders
         dup = reordered = 0
+        framer = client.decoder.framer
         for arrived, data in client.chunks:
-            for line in data.split(b"\n"):
-                parts = line.split(b" ")
+            try:
+                lines = framer.feed(data)
+            except protocol.FramingError:
+                broken += 1
+                break
+            for line in lines:
+                if line is protocol.OVERLONG:
+                    malformed += 1
+                    continue
+                parts = line.split(b" ")  # type: ignore[union-attr]
                 if len(parts) == 5 and parts[1] == TOKEN_WORD:
                     del parts[0]          # the sender's nickname
                 elif not (bare and len(parts) == 4 and parts[0] == TOKEN_WORD):
@@ -1000,6 +1044,7 @@ def analyse(clients: Sequence[Client], plan: Plan) -> Dict[str, Any]:
             "reordered_by_sender": reordered_by_sender,
             "receivers_with_issues": receivers_with_issues,
             "issue_sample": issue_sample, "sent": sent,
+            "unframed": broken,
             "last_delivery_ns": last_delivery_ns,
             "latencies": latencies.tobytes()}
 
