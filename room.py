@@ -139,14 +139,16 @@ class Room:
         while joining, then commands."""
         with self._locked():
             for frame in frames:
+                if self._closed or member.state == GONE:
+                    # Shutting down (everyone has had the last line), or
+                    # gone (kicked, say): the rest goes nowhere.
+                    return
                 if member.state == JOINING:
                     self._choose_nick(member, frame)
-                elif member.state == ONLINE:
+                else:
                     line = self._decode(member, frame)
                     if line is not None:
                         self._run(member, line)
-                else:
-                    return  # gone (kicked, say): the rest goes nowhere
 
     def disconnect(self, member: Member, reason: str = "",
                    farewell: str = "") -> None:
@@ -471,10 +473,13 @@ class Room:
         self._remove(target)
         target.state = GONE
         target.link.close()
+        self._send_events()  # what is batched happened first
         self._broadcast(protocol.format_kicked(target.nick, member.nick,
                                                reason))
 
     def do_down(self, member: Member, command: Command) -> None:
+        if self._closed:
+            return  # another admin was quicker
         reason = f"by admin {member.nick}"
         self._closed = True
         notice = protocol.encode_line(protocol.format_shutdown(reason))

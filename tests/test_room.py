@@ -1057,11 +1057,6 @@ def test_shrinking_room_sends_the_batch_before_the_next_notice(big_room):
     assert a.take() == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "room.Room.do_kick broadcasts the kick notice at once without first"
-    " sending the batched announcements (_send_events), so in a room past"
-    " announce_limit the others hear 'X was kicked' before 'Joined (1): X'"
-))
 def test_kick_notice_never_precedes_the_batched_join(big_room):
     """In a room past the limit, a member kicked before the tick that
     would announce its join: the others must hear it joined before they
