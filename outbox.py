@@ -21,8 +21,9 @@ import time
 from typing import Callable, List, Optional, Tuple
 
 #: How long a stuck writer waits for the socket at a time before it looks
-#: again at whether it should give up, in seconds.
-WRITER_POLL_SECONDS = 1.0
+#: again at whether it should give up, in seconds: a closing outbox may
+#: overrun its grace period by this much.
+WRITER_POLL_SECONDS = 0.25
 
 # MSG_DONTWAIT lets a thread try a send without blocking even though the
 # socket is blocking for its reader. Where it is missing (Windows) every
@@ -48,9 +49,10 @@ class Outbox:
     outbox ends itself. After :meth:`close`, the peer has ``grace``
     seconds to take what is queued.
 
-    Lock discipline: ``_lock`` guards every field below it; no callback
-    runs and no blocking call is made with it held (``socket.shutdown``
-    and non-blocking sends do not block).
+    Lock discipline: ``_lock`` guards every field below it. No blocking
+    call is made with it held (``socket.shutdown`` and non-blocking sends
+    do not block); ``encode`` runs with it held, so that bytes are encoded
+    in queue order, and must not call back into the outbox.
     """
 
     def __init__(self, sock: socket.socket, limit: int,
@@ -241,8 +243,8 @@ class Outbox:
                     self._fail(error)
                 elif sent < len(data):
                     self._unsent = data[sent:] + self._unsent
-                else:
-                    self._drained()
+                elif not self._chunks:
+                    self._drained()  # else: what others queued meanwhile
 
     def _time_left(self) -> Optional[float]:
         """Seconds until a closing outbox gives up; None when open."""

@@ -96,6 +96,12 @@ class TLSLayer:
                 return None
             return b"".join(pieces)
 
+    @property
+    def ended(self) -> bool:
+        """True once the peer's close_notify has come (perhaps together
+        with the last data :meth:`decrypt` returned)."""
+        return self._ended
+
     def encrypt(self, data: bytes) -> bytes:
         """The bytes to send for ``data``, with any TLS messages that
         are waiting to go (such as replies to the peer's). Raises
@@ -168,11 +174,8 @@ class LineDecoder:
         """The lines ``data`` completed (``b""`` asks TLS for what it
         already holds, such as lines that came with its handshake)."""
         if self.tls is not None:
-            plain = self.tls.decrypt(data)
-            if plain is None:
-                self.ended = True
-                return []
-            data = plain
+            data = self.tls.decrypt(data) or b""
+            self.ended = self.tls.ended
         return self.framer.feed(data) if data else []
 
 

@@ -337,11 +337,6 @@ def test_close_sends_what_is_pending_then_eof(make_outbox):
     assert sock.gettimeout() is None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "outbox.py _write_loop: after the writer sends what it had taken it "
-    "calls _drained() without checking self._chunks; in CLOSING, "
-    "_drained() shuts the socket down and drops lines queued while the "
-    "writer was sending"))
 def test_close_keeps_lines_queued_while_the_writer_sends(make_outbox):
     """Lines queued while the writer thread is sending, then close(): the
     peer gets them too before EOF (close() promises to send what is

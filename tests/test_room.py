@@ -957,7 +957,10 @@ def test_after_shut_down_no_left_and_no_connect(trio):
         assert link.take()[-1] == notice and link.sealed
     room.disconnect(alice)
     say(room, bob, "-exit")
-    assert b.ignored == 1  # its goodbye came after the last line
+    say(room, joiner, "latecomer")
+    # Nothing runs once the room is closed: no goodbye is even queued.
+    assert b.ignored == 0 and j.ignored == 0
+    assert len(room) == 2 and "latecomer" not in room.nicknames().values()
     room.disconnect(bob)
     assert c.take() == [] and c.ignored == 0
     assert room.connect(FakeLink(room), next_address()) is None

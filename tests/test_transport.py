@@ -373,14 +373,6 @@ def test_close_notify_sets_ended_on_a_fresh_decoder(stdlib_pair):
     assert decoder.ended
 
 
-CLOSE_NOTIFY_BUG = (
-    "transport.py TLSLayer.decrypt: 'if self._ended and not pieces: "
-    "return None' drops the end of the stream when the close_notify comes "
-    "in the same feed as the last lines, so LineDecoder.ended stays false "
-    "and LineSocket.read_line then blocks in recv")
-
-
-@pytest.mark.xfail(strict=True, reason=CLOSE_NOTIFY_BUG)
 def test_close_notify_with_the_last_line_sets_ended(stdlib_pair):
     """A last line and the close_notify in one feed: the line comes out
     and ``ended`` is true at once."""
@@ -391,7 +383,6 @@ def test_close_notify_with_the_last_line_sets_ended(stdlib_pair):
     assert decoder.ended
 
 
-@pytest.mark.xfail(strict=True, reason=CLOSE_NOTIFY_BUG)
 def test_close_notify_with_the_last_line_ends_read_line(stdlib_pair):
     """A peer that sends its last line and close_notify together and then
     waits for ours (as ``SSLSocket.unwrap`` does) with its socket open:
