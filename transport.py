@@ -30,6 +30,9 @@ from protocol import Frame
 #: Bytes asked of one ``recv``: large enough that a flood of lines is read
 #: (and its replies coalesced) in few system calls.
 RECV_BYTES = 64 * 1024
+#: Plain text asked of TLS at a time: large pieces mean fewer, larger
+#: allocations, which the bench shows is measurably cheaper.
+TLS_READ_BYTES = 256 * 1024
 #: TCP keepalive: probe a silent peer after this many seconds, then every
 #: interval, and drop it after that many unanswered probes (about 2 minutes).
 KEEPALIVE_IDLE = 60
@@ -81,7 +84,7 @@ class TLSLayer:
             pieces = []
             while not self._ended:
                 try:
-                    piece = self._tls.read(64 * 1024)
+                    piece = self._tls.read(TLS_READ_BYTES)
                 except ssl.SSLWantReadError:
                     break  # no complete record left
                 except ssl.SSLZeroReturnError:
