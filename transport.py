@@ -99,6 +99,21 @@ class TLSLayer:
                 return None
             return b"".join(pieces)
 
+    def version(self) -> Optional[str]:
+        """The TLS version agreed on, such as ``TLSv1.3``."""
+        with self._lock:
+            return self._tls.version()
+
+    def close_notify(self) -> bytes:
+        """The bytes that end TLS politely (a close_notify alert), to send
+        before closing the connection."""
+        with self._lock:
+            try:
+                self._tls.unwrap()
+            except ssl.SSLError:
+                pass  # SSLWantReadError: the peer's reply is not awaited
+            return self._outgoing.read()
+
     @property
     def ended(self) -> bool:
         """True once the peer's close_notify has come (perhaps together

@@ -21,7 +21,7 @@ from typing import (Callable, Dict, List, NamedTuple, Optional, Sequence,
                     Tuple)
 
 import protocol
-from conftest import DEADLINE, LineClient, wait_until
+from helpers import DEADLINE, LineClient, wait_until
 
 #: Users who join in the first round (u000 ... u159) and in the second
 #: (u160 ... u199), how many of the first stay for the second, and the

@@ -23,7 +23,7 @@ from typing import Callable, Dict, Iterator, List, Optional
 import pytest
 
 import protocol
-from conftest import ADMIN_PASSWORD, DEADLINE, ROOT, wait_until
+from helpers import ADMIN_PASSWORD, DEADLINE, ROOT, wait_until
 from terminal import MENTION_STYLE, PRIVATE_STYLE, RESET, char_width
 
 fcntl = pytest.importorskip("fcntl", reason="needs Unix pseudo-terminals")
@@ -284,8 +284,8 @@ def free_port() -> int:
 # --- Joining -----------------------------------------------------------------
 
 
-def test_join_shows_welcome_users_and_commands(spawn, connect) -> None:
-    bob = connect("bob")
+def test_join_shows_welcome_users_and_commands(spawn, server, clients) -> None:
+    bob = clients(server, "bob")
     alice = spawn("--nick", "alice")
     alice.expect("* Welcome, alice! You are in the chat.")
     alice.expect("* Commands: -to NICK")
@@ -296,8 +296,9 @@ def test_join_shows_welcome_users_and_commands(spawn, connect) -> None:
     bob.expect("* alice joined the chat")
 
 
-def test_asks_for_a_nickname_again_when_refused(spawn, connect) -> None:
-    connect("bob")
+def test_asks_for_a_nickname_again_when_refused(spawn, server,
+                                                clients) -> None:
+    clients(server, "bob")
     alice = spawn()
     alice.expect("Choose a nickname")
     alice.expect("\r\nnickname> ")  # the question, then a short prompt
@@ -326,8 +327,9 @@ def test_the_nickname_prompt_leaves_room_for_a_long_nick(spawn) -> None:
     assert all(len(row) <= 80 for row in shown)
 
 
-def test_a_refused_nick_option_asks_interactively(spawn, connect) -> None:
-    connect("bob")
+def test_a_refused_nick_option_asks_interactively(spawn, server,
+                                                  clients) -> None:
+    clients(server, "bob")
     alice = spawn("--nick", "b o b")
     alice.expect("refused: a nickname cannot contain spaces")
     alice.expect("Choose a nickname")
@@ -348,16 +350,16 @@ def test_ctrl_d_at_the_nickname_question_leaves(spawn) -> None:
 # --- Sending and receiving ---------------------------------------------------
 
 
-def test_a_typed_line_reaches_the_others(spawn, connect) -> None:
-    bob = connect("bob")
+def test_a_typed_line_reaches_the_others(spawn, server, clients) -> None:
+    bob = clients(server, "bob")
     alice = joined(spawn)
     alice.write("hi there, Привет 👋\r")
     bob.expect("alice: hi there, Привет 👋")
 
 
-def test_an_incoming_message_keeps_the_half_typed_line(spawn,
-                                                       connect) -> None:
-    bob = connect("bob")
+def test_an_incoming_message_keeps_the_half_typed_line(
+        spawn, server, clients) -> None:
+    bob = clients(server, "bob")
     alice = joined(spawn)
     alice.write("hello wor")
     alice.expect("hello wor")  # echoed: readline has it
@@ -369,8 +371,9 @@ def test_an_incoming_message_keeps_the_half_typed_line(spawn,
     bob.expect("alice: hello world")
 
 
-def test_the_cursor_stays_where_it_was_in_the_line(spawn, connect) -> None:
-    bob = connect("bob")
+def test_the_cursor_stays_where_it_was_in_the_line(spawn, server,
+                                                   clients) -> None:
+    bob = clients(server, "bob")
     alice = joined(spawn)
     alice.write("hello world")
     alice.expect("hello world")
@@ -384,9 +387,9 @@ def test_the_cursor_stays_where_it_was_in_the_line(spawn, connect) -> None:
     bob.expect("alice: hello big world")
 
 
-def test_prompt_shows_the_partner_confirmed_by_the_server(spawn,
-                                                         connect) -> None:
-    bob = connect("bob")
+def test_prompt_shows_the_partner_confirmed_by_the_server(
+        spawn, server, clients) -> None:
+    bob = clients(server, "bob")
     alice = joined(spawn)
     alice.write("-to bob\r")
     alice.expect("Your lines now go to bob only.")
@@ -412,9 +415,9 @@ def test_screen_emulator() -> None:
 # --- Rewriting the line just sent --------------------------------------------
 
 
-def test_sent_lines_are_rewritten_to_show_where_they_went(spawn,
-                                                          connect) -> None:
-    bob = connect("bob")
+def test_sent_lines_are_rewritten_to_show_where_they_went(
+        spawn, server, clients) -> None:
+    bob = clients(server, "bob")
     alice = joined(spawn)
     alice.write("-to bob hello\r")
     bob.expect("[private] alice: hello")
@@ -446,8 +449,8 @@ def test_sent_lines_are_rewritten_to_show_where_they_went(spawn,
     assert not any("secret" in row for row in shown)
 
 
-def test_a_wrapped_line_is_rewritten_whole(spawn, connect) -> None:
-    bob = connect("bob")
+def test_a_wrapped_line_is_rewritten_whole(spawn, server, clients) -> None:
+    bob = clients(server, "bob")
     alice = joined(spawn, columns=40)
     # Typed, "[everyone]> -to bob " and the text take three rows of 40:
     # "日" does not fit in the first row's last column, so the rest takes
@@ -472,8 +475,8 @@ def test_a_wrapped_line_is_rewritten_whole(spawn, connect) -> None:
         "[everyone]>"]
 
 
-def test_colours_on_a_terminal(spawn, connect) -> None:
-    bob = connect("bob")
+def test_colours_on_a_terminal(spawn, server, clients) -> None:
+    bob = clients(server, "bob")
     alice = joined(spawn, NO_COLOR=None)
     bob.send("-to alice psst alice")
     alice.expect(PRIVATE_STYLE + "[private] bob: psst "
@@ -486,8 +489,9 @@ def test_colours_on_a_terminal(spawn, connect) -> None:
 @pytest.mark.parametrize("typed, key", [("", "\x04"), ("half typed", "\x03"),
                                         ("-exit", "\r")],
                          ids=["ctrl-d", "ctrl-c", "exit-command"])
-def test_leaving_says_goodbye(spawn, connect, typed: str, key: str) -> None:
-    bob = connect("bob")
+def test_leaving_says_goodbye(spawn, server, clients, typed: str,
+                              key: str) -> None:
+    bob = clients(server, "bob")
     alice = joined(spawn)
     if typed:
         alice.write(typed)
@@ -500,8 +504,9 @@ def test_leaving_says_goodbye(spawn, connect, typed: str, key: str) -> None:
     assert b"Traceback" not in alice.output
 
 
-def test_server_shutdown_ends_the_client_by_itself(spawn, connect) -> None:
-    bob = connect("bob")
+def test_server_shutdown_ends_the_client_by_itself(spawn, server,
+                                                   clients) -> None:
+    bob = clients(server, "bob")
     bob.send(f"-admin {ADMIN_PASSWORD}")
     bob.expect(protocol.format_admin_granted())
     alice = joined(spawn)
@@ -513,8 +518,9 @@ def test_server_shutdown_ends_the_client_by_itself(spawn, connect) -> None:
     alice.assert_terminal_restored()
 
 
-def test_being_kicked_ends_the_client_by_itself(spawn, connect) -> None:
-    bob = connect("bob")
+def test_being_kicked_ends_the_client_by_itself(spawn, server,
+                                                clients) -> None:
+    bob = clients(server, "bob")
     bob.send(f"-admin {ADMIN_PASSWORD}")
     bob.expect(protocol.format_admin_granted())
     alice = joined(spawn)
@@ -618,8 +624,8 @@ def test_lost_connection_ends_the_client(spawn, fake_server) -> None:
 # --- Without a terminal, and failing to connect ------------------------------
 
 
-def test_piped_input(server, connect) -> None:
-    bob = connect("bob")
+def test_piped_input(server, clients) -> None:
+    bob = clients(server, "bob")
     result = run_piped(server.address[1],
                        stdin="carol\n-all hi from a pipe\n-users\n")
     assert result.returncode == 0, result.stderr
@@ -632,8 +638,8 @@ def test_piped_input(server, connect) -> None:
     assert result.stderr == ""
 
 
-def test_piped_input_with_a_taken_nick_fails(server, connect) -> None:
-    connect("bob")
+def test_piped_input_with_a_taken_nick_fails(server, clients) -> None:
+    clients(server, "bob")
     result = run_piped(server.address[1], "--nick", "bob", stdin="hi\n")
     assert result.returncode == 1
     assert "it is taken" in result.stderr
@@ -677,10 +683,10 @@ def test_output_closed_early_leaves_quietly(fake_server, who: str) -> None:
         proc.stderr.close()
 
 
-def test_piped_into_head(server, connect) -> None:
+def test_piped_into_head(server, clients) -> None:
     # The pipeline from the bug report, a few times over: the client's
     # output ends early, wherever it is at that moment.
-    bob = connect("bob")
+    bob = clients(server, "bob")
     for _ in range(3):
         result = subprocess.run(
             ["sh", "-c", f"printf 'carol\\n-users\\n' | '{sys.executable}'"

@@ -24,7 +24,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize,
                                  invariant, rule)
 
 import protocol
-from conftest import DEADLINE, LineClient, wait_until
+from helpers import DEADLINE, LineClient, wait_until
 from protocol import OVERLONG, LineFramer
 
 # --- The framer against a reference model ------------------------------------

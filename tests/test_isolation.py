@@ -31,10 +31,9 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import pytest
 
 import protocol
-from conftest import DEADLINE, ROOT, wait_until
+import transport
+from helpers import CERT, DEADLINE, KEY, wait_until
 
-CERT = os.path.join(ROOT, "tests", "tls", "cert.pem")
-KEY = os.path.join(ROOT, "tests", "tls", "key.pem")
 
 #: Lines each user broadcasts during the load, and the bytes added to
 #: each (so that what is queued for a peer that does not read soon fills
@@ -90,11 +89,9 @@ class TLSUser:
             self.sock.close()
             raise
         context = ssl.create_default_context(cafile=CERT)
-        self._in = ssl.MemoryBIO()
-        self._out = ssl.MemoryBIO()
-        self._tls = context.wrap_bio(self._in, self._out,
-                                     server_hostname=address[0])
-        self._partial = b""
+        self._tls = transport.TLSLayer(context, server_hostname=address[0])
+        transport.handshake(self.sock, self._tls, DEADLINE)
+        self._decoder = transport.LineDecoder(self._tls, 1024 * 1024)
         #: Every line received, in order (appended by one thread only).
         self.lines: List[str] = []
         self.eof = False            # the server closed the connection
@@ -104,53 +101,18 @@ class TLSUser:
         self._extra_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        self._handshake()
+        self._receive(b"")  # what came with the end of the handshake
 
     # -- Driven by the test's thread, before start()
 
-    def _handshake(self) -> None:
-        deadline = time.monotonic() + DEADLINE
-        while True:
-            try:
-                self._tls.do_handshake()
-                done = True
-            except ssl.SSLWantReadError:
-                done = False
-            pending = self._out.read()
-            if pending:
-                self.sock.sendall(pending)
-            if done:
-                return
-            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
-            data = self.sock.recv(65536)
-            if not data:
-                raise ConnectionError("closed during the TLS handshake")
-            self._in.write(data)
-
     def _receive(self, data: bytes) -> None:
         """Decrypt ``data`` and keep the complete lines."""
-        self._in.write(data)
-        plain = []
-        while True:
-            try:
-                piece = self._tls.read(65536)
-            except ssl.SSLWantReadError:
-                break
-            except ssl.SSLZeroReturnError:
-                break
-            if not piece:
-                break
-            plain.append(piece)
-        if not plain:
-            return
-        *complete, self._partial = (self._partial + b"".join(plain)).split(
-            b"\n")
-        self.lines.extend(line.decode("utf-8") for line in complete)
+        self.lines.extend(bytes(frame).decode("utf-8")  # type: ignore
+                          for frame in self._decoder.feed(data))
 
     def send_now(self, text: str) -> None:
         """Send a line from the test's thread (before :meth:`start`)."""
-        self._tls.write(protocol.encode_line(text))
-        self.sock.sendall(self._out.read())
+        self.sock.sendall(self._tls.encrypt(protocol.encode_line(text)))
 
     def read_until(self, match: Callable[[str], bool],
                    timeout: float = DEADLINE) -> str:
@@ -218,9 +180,8 @@ class TLSUser:
                 lines, self._extra = self._extra, []
         if not lines:
             return b""
-        self._tls.write(b"".join(protocol.encode_line(text)
-                                 for text in lines))
-        return self._out.read()
+        return self._tls.encrypt(b"".join(protocol.encode_line(text)
+                                          for text in lines))
 
     def _loop(self, script: List[str], duration: float, drain_only: bool,
               limit: float) -> None:

@@ -23,7 +23,7 @@ from typing import Callable, Iterator, List, Optional, Set, Tuple
 import pytest
 
 import outbox
-from conftest import wait_until
+from helpers import wait_until
 
 pytestmark = pytest.mark.filterwarnings(
     "error::pytest.PytestUnhandledThreadExceptionWarning")

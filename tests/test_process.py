@@ -14,7 +14,7 @@ import threading
 import pytest
 
 import protocol
-from conftest import ADMIN_PASSWORD, DEADLINE, LineClient, ROOT
+from helpers import ADMIN_PASSWORD, DEADLINE, LineClient, ROOT
 
 
 class ServerProcess:

@@ -20,7 +20,7 @@ import select
 import socket
 import threading
 import time
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, List, Optional
 
 import pytest
 
@@ -29,7 +29,8 @@ import protocol
 import room as room_module
 import server as server_module
 import transport
-from conftest import ADMIN_PASSWORD, DEADLINE, LineClient, wait_until
+from helpers import (ADMIN_PASSWORD, DEADLINE, LineClient, marker,
+                     wait_until)
 
 MiB = 1024 * 1024
 #: Allowed RSS growth of the whole test process (server included) while
@@ -61,13 +62,6 @@ def assert_rss_growth_bounded(before: Optional[int], what: str) -> None:
         f"RSS grew by {growth / MiB:.1f} MiB while {what}")
 
 
-def marker(sender: LineClient, receiver: LineClient, text: str) -> None:
-    """Proof of non-delivery: ``sender``'s public ``text`` must be the very
-    next line ``receiver`` gets, so nothing else reached it in between."""
-    sender.send(f"-all {text}")
-    receiver.next_is(protocol.format_message(sender.nick, text))
-
-
 def catch_thread_errors(monkeypatch) -> List[str]:
     """Collect exceptions that escape any thread (server writer, announcer,
     handler) from now until the end of the test."""
@@ -87,22 +81,6 @@ def error_records(caplog) -> List[str]:
             if r.levelno >= logging.ERROR or r.exc_info]
 
 
-class SmallWindowClient(LineClient):
-    """A LineClient whose receive buffer is shrunk before connecting, so
-    that a client that stops reading fills up quickly."""
-
-    def __init__(self, address, rcvbuf: int = 4096) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        sock.settimeout(DEADLINE)
-        sock.connect(address)
-        self.sock = sock
-        self.timeout = DEADLINE
-        self._buffer = b""
-        self.nick = ""
-        self.seen = []
-
-
 class Drain(threading.Thread):
     """Reads a client's socket without pause, keeping every line with its
     arrival time; tests wait on it with :meth:`wait_for`."""
@@ -118,8 +96,8 @@ class Drain(threading.Thread):
 
     def run(self) -> None:
         sock = self.client.sock
-        buffer = self.client._buffer  # what register() read past the welcome
-        self.client._buffer = b""
+        # What register() read past the welcome comes first.
+        self._add(self.client.take_unread(), time.monotonic(), closed=False)
         while not self._stop_event.is_set():
             # select, not a socket timeout: the test's own sends on this
             # socket keep their long timeout. The 0.1 s only lets stop()
@@ -132,18 +110,17 @@ class Drain(threading.Thread):
                 continue
             except OSError:
                 data = b""
-            now = time.monotonic()
-            buffer += data
-            *complete, buffer = buffer.split(b"\n")
-            with self._changed:
-                for raw in complete:
-                    self.lines.append(raw.decode("utf-8"))
-                    self.times.append(now)
-                if not data:
-                    self.closed = True
-                self._changed.notify_all()
+            self._add(self.client.feed(data), time.monotonic(),
+                      closed=not data)
             if not data:
                 return
+
+    def _add(self, lines: List[str], now: float, closed: bool) -> None:
+        with self._changed:
+            self.lines.extend(lines)
+            self.times.extend([now] * len(lines))
+            self.closed = closed
+            self._changed.notify_all()
 
     def wait_for(self, condition: Callable[[], bool],
                  timeout: float = DEADLINE, what: str = "lines") -> None:
@@ -162,26 +139,6 @@ class Drain(threading.Thread):
     def stop(self) -> None:
         self._stop_event.set()
         self.join(DEADLINE)
-
-
-@pytest.fixture
-def clients() -> Iterator[Callable[..., LineClient]]:
-    """``clients(server, "alice")``: a registered user of that server;
-    without a nick, an unregistered connection. Closed after the test."""
-    made: List[LineClient] = []
-
-    def make(server, nick: Optional[str] = None,
-             rcvbuf: Optional[int] = None) -> LineClient:
-        client = (SmallWindowClient(server.address, rcvbuf) if rcvbuf
-                  else LineClient(server.address))
-        made.append(client)
-        if nick:
-            client.register(nick)
-        return client
-
-    yield make
-    for client in made:
-        client.close()
 
 
 def nicks_online(server) -> List[str]:

@@ -5,19 +5,12 @@ from __future__ import annotations
 import threading
 
 import protocol
-from conftest import ADMIN_PASSWORD, LineClient, wait_until
+from helpers import ADMIN_PASSWORD, LineClient, marker, wait_until
 
 
-def marker(sender: LineClient, receiver: LineClient, text: str = "marker"):
-    """Send a public line from ``sender`` and check it is the very next line
-    ``receiver`` gets: proof that nothing else was delivered in between."""
-    sender.send(f"-all {text}")
-    receiver.next_is(protocol.format_message(sender.nick, text))
-
-
-def test_join_shows_welcome_commands_and_users(connect):
-    alice = connect("alice")
-    bob = connect()
+def test_join_shows_welcome_commands_and_users(server, clients):
+    alice = clients(server, "alice")
+    bob = clients(server)
     bob.expect(protocol.format_nick_prompt())
     bob.send("bob")
     bob.next_is(protocol.format_welcome("bob"))
@@ -26,9 +19,9 @@ def test_join_shows_welcome_commands_and_users(connect):
     alice.next_is(protocol.format_joined("bob"))
 
 
-def test_nick_taken_ignoring_case_then_asks_again(connect):
-    connect("alice")
-    other = connect()
+def test_nick_taken_ignoring_case_then_asks_again(server, clients):
+    clients(server, "alice")
+    other = clients(server)
     other.expect(protocol.format_nick_prompt())
     other.send("ALICE")
     other.next_is(protocol.format_nick_taken("ALICE"))
@@ -37,8 +30,8 @@ def test_nick_taken_ignoring_case_then_asks_again(connect):
     other.next_is(protocol.format_welcome("alice2"))
 
 
-def test_invalid_nicks_say_why(connect):
-    user = connect()
+def test_invalid_nicks_say_why(server, clients):
+    user = clients(server)
     user.expect(protocol.format_nick_prompt())
     for nick, reason in [("a" * 21, "at most 20"), ("-x", "start with '-'"),
                          ("a b", "spaces"), ("a\tb", "spaces"),
@@ -51,16 +44,17 @@ def test_invalid_nicks_say_why(connect):
     user.next_is(protocol.format_welcome("Алиса_1.x"))
 
 
-def test_cyrillic_nick_unique_ignoring_case(connect):
-    connect("Борис")
-    user = connect()
+def test_cyrillic_nick_unique_ignoring_case(server, clients):
+    clients(server, "Борис")
+    user = clients(server)
     user.expect(protocol.format_nick_prompt())
     user.send("БОРИС")
     user.next_is(protocol.format_nick_taken("БОРИС"))
 
 
-def test_broadcast_reaches_everyone_else(connect):
-    alice, bob, carol = connect("alice"), connect("bob"), connect("carol")
+def test_broadcast_reaches_everyone_else(server, clients):
+    alice, bob, carol = (clients(server, nick)
+                        for nick in ("alice", "bob", "carol"))
     alice.expect(protocol.format_joined("carol"))
     bob.expect(protocol.format_joined("carol"))
     alice.send("-all hello everyone")
@@ -69,15 +63,16 @@ def test_broadcast_reaches_everyone_else(connect):
     marker(bob, alice)  # alice got no echo of her own line
 
 
-def test_plain_text_goes_to_everyone_by_default(connect):
-    alice, bob = connect("alice"), connect("bob")
+def test_plain_text_goes_to_everyone_by_default(server, clients):
+    alice, bob = clients(server, "alice"), clients(server, "bob")
     alice.expect(protocol.format_joined("bob"))
     alice.send("plain hello")
     bob.next_is("alice: plain hello")
 
 
-def test_private_message_only_to_target(connect):
-    alice, bob, carol = connect("alice"), connect("bob"), connect("carol")
+def test_private_message_only_to_target(server, clients):
+    alice, bob, carol = (clients(server, nick)
+                        for nick in ("alice", "bob", "carol"))
     alice.expect(protocol.format_joined("carol"))
     bob.expect(protocol.format_joined("carol"))
     alice.send("-to BOB psst")
@@ -85,8 +80,9 @@ def test_private_message_only_to_target(connect):
     marker(alice, carol)
 
 
-def test_partner_then_all(connect):
-    alice, bob, carol = connect("alice"), connect("bob"), connect("carol")
+def test_partner_then_all(server, clients):
+    alice, bob, carol = (clients(server, nick)
+                        for nick in ("alice", "bob", "carol"))
     alice.expect(protocol.format_joined("carol"))
     bob.expect(protocol.format_joined("carol"))
     alice.send("-to bob")
@@ -102,8 +98,8 @@ def test_partner_then_all(connect):
     carol.next_is("alice: for all")
 
 
-def test_partner_who_left(connect):
-    alice, bob = connect("alice"), connect("bob")
+def test_partner_who_left(server, clients):
+    alice, bob = clients(server, "alice"), clients(server, "bob")
     alice.expect(protocol.format_joined("bob"))
     alice.send("-to bob")
     alice.next_is(protocol.format_partner("bob"))
@@ -112,14 +108,14 @@ def test_partner_who_left(connect):
     alice.send("are you there?")
     alice.next_is(protocol.format_partner_gone("bob"))
     # A new user taking the nick is not the old partner.
-    connect("bob")
+    clients(server, "bob")
     alice.next_is(protocol.format_joined("bob"))
     alice.send("still there?")
     alice.next_is(protocol.format_partner_gone("bob"))
 
 
-def test_errors_go_to_sender_only(connect):
-    alice, bob = connect("alice"), connect("bob")
+def test_errors_go_to_sender_only(server, clients):
+    alice, bob = clients(server, "alice"), clients(server, "bob")
     alice.expect(protocol.format_joined("bob"))
     cases = [
         ("-nope", "! unknown command '-nope'; type -help for the list"),
@@ -136,14 +132,14 @@ def test_errors_go_to_sender_only(connect):
     marker(alice, bob)
 
 
-def test_alone_message_is_refused(connect):
-    alice = connect("alice")
+def test_alone_message_is_refused(server, clients):
+    alice = clients(server, "alice")
     alice.send("anyone?")
     alice.next_is(protocol.format_nobody_else())
 
 
-def test_users_marks_you_and_admins(connect):
-    alice, bob = connect("alice"), connect("bob")
+def test_users_marks_you_and_admins(server, clients):
+    alice, bob = clients(server, "alice"), clients(server, "bob")
     alice.expect(protocol.format_joined("bob"))
     alice.send(f"-admin {ADMIN_PASSWORD}")
     alice.next_is(protocol.format_admin_granted())
@@ -151,32 +147,32 @@ def test_users_marks_you_and_admins(connect):
     bob.next_is("* Online (2): alice (admin), bob (you)")
 
 
-def test_help_lists_commands(connect):
-    alice = connect("alice")
+def test_help_lists_commands(server, clients):
+    alice = clients(server, "alice")
     alice.send("-help")
     for line in protocol.format_help():
         alice.next_is(line)
 
 
-def test_exit_says_goodbye_frees_nick_and_tells_others(connect):
-    alice, bob = connect("alice"), connect("bob")
+def test_exit_says_goodbye_frees_nick_and_tells_others(server, clients):
+    alice, bob = clients(server, "alice"), clients(server, "bob")
     alice.expect(protocol.format_joined("bob"))
     bob.send("-exit")
     assert bob.wait_closed() == [protocol.format_goodbye("bob")]
     alice.next_is(protocol.format_left("bob"))
-    connect("BOB")  # the nick is free at once
+    clients(server, "BOB")  # the nick is free at once
 
 
-def test_dropped_connection_counts_as_exit(server, connect):
-    alice, bob = connect("alice"), connect("bob")
+def test_dropped_connection_counts_as_exit(server, clients):
+    alice, bob = clients(server, "alice"), clients(server, "bob")
     alice.expect(protocol.format_joined("bob"))
     bob.close()
     alice.next_is(protocol.format_left("bob"))
     wait_until(lambda: len(server.room) == 1, what="bob gone")
 
 
-def test_admin_wrong_password_three_tries(connect):
-    alice = connect("alice")
+def test_admin_wrong_password_three_tries(server, clients):
+    alice = clients(server, "alice")
     alice.send("-admin wrong1")
     alice.next_is(protocol.format_admin_refused(2))
     alice.send("-admin wrong2")
@@ -189,8 +185,9 @@ def test_admin_wrong_password_three_tries(connect):
     alice.next_is(protocol.format_admin_only("shut the server down"))
 
 
-def test_kick(server, connect):
-    alice, bob, carol = connect("alice"), connect("bob"), connect("carol")
+def test_kick(server, clients):
+    alice, bob, carol = (clients(server, nick)
+                        for nick in ("alice", "bob", "carol"))
     alice.expect(protocol.format_joined("carol"))
     alice.send(f"-admin {ADMIN_PASSWORD}")
     alice.next_is(protocol.format_admin_granted())
@@ -204,9 +201,9 @@ def test_kick(server, connect):
     assert sorted(server.room.nicknames().values()) == ["alice", "carol"]
 
 
-def test_down_server_tells_everyone(server, connect):
-    alice, bob = connect("alice"), connect("bob")
-    waiting = connect()  # not registered yet: still told
+def test_down_server_tells_everyone(server, clients):
+    alice, bob = clients(server, "alice"), clients(server, "bob")
+    waiting = clients(server)  # not registered yet: still told
     waiting.expect(protocol.format_nick_prompt())
     alice.expect(protocol.format_joined("bob"))
     alice.send(f"-admin {ADMIN_PASSWORD}")
@@ -218,8 +215,8 @@ def test_down_server_tells_everyone(server, connect):
     assert server.wait_stopped(5)
 
 
-def test_order_of_500_quick_messages(connect):
-    alice, bob = connect("alice"), connect("bob")
+def test_order_of_500_quick_messages(server, clients):
+    alice, bob = clients(server, "alice"), clients(server, "bob")
     alice.expect(protocol.format_joined("bob"))
     alice.send_raw(b"".join(protocol.encode_line(f"-all m{i}")
                             for i in range(500)))
@@ -227,8 +224,8 @@ def test_order_of_500_quick_messages(connect):
         bob.next_is(f"alice: m{i}")
 
 
-def test_crlf_and_bad_bytes(connect):
-    alice, bob = connect("alice"), connect("bob")
+def test_crlf_and_bad_bytes(server, clients):
+    alice, bob = clients(server, "alice"), clients(server, "bob")
     alice.expect(protocol.format_joined("bob"))
     alice.send_raw(b"-all telnet line\r\n")
     bob.next_is("alice: telnet line")
@@ -246,8 +243,8 @@ def test_crlf_and_bad_bytes(connect):
     bob.next_is("alice: tab\tkept, Ünïcødé and emoji \U0001F600 too")
 
 
-def test_empty_lines_are_ignored(connect):
-    alice, bob = connect("alice"), connect("bob")
+def test_empty_lines_are_ignored(server, clients):
+    alice, bob = clients(server, "alice"), clients(server, "bob")
     alice.expect(protocol.format_joined("bob"))
     alice.send_raw(b"\n  \n\r\n")
     marker(bob, alice)

@@ -22,18 +22,16 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import pytest
 
 import client
 import protocol
 import config
-from conftest import DEADLINE, ROOT, LineClient, wait_until
+from helpers import (CERT, DEADLINE, KEY, ROOT, TLS_DIR, LineClient,
+                     wait_until)
 
-TLS_DIR = os.path.join(ROOT, "tests", "tls")
-CERT = os.path.join(TLS_DIR, "cert.pem")
-KEY = os.path.join(TLS_DIR, "key.pem")
 OTHER_CA = os.path.join(TLS_DIR, "other-ca.pem")
 WRONG_NAME_CERT = os.path.join(TLS_DIR, "wrong-name-cert.pem")
 WRONG_NAME_KEY = os.path.join(TLS_DIR, "wrong-name-key.pem")
@@ -56,64 +54,9 @@ needs_ipv6 = pytest.mark.skipif(not _has_ipv6_loopback(),
                                 reason="no IPv6 loopback (::1) here")
 
 
-class TLSLineClient(LineClient):
-    """A test's chat user over TLS: the LineClient socket, wrapped. Only the
-    test's thread uses it."""
-
-    def __init__(self, address, cafile: str = CERT,
-                 timeout: float = DEADLINE) -> None:
-        super().__init__(address, timeout)
-        context = ssl.create_default_context(cafile=cafile)
-        self.sock = context.wrap_socket(self.sock,
-                                        server_hostname=address[0])
-
-    def leave(self) -> None:
-        """Leave with -exit, so that the server closes first, then close."""
-        try:
-            if self.nick:
-                self.send("-exit")
-                self.wait_closed(timeout=2.0)
-        except OSError:
-            pass
-        self.close()
-
-
 @pytest.fixture
 def tls_server(make_server):
     return make_server(tls_cert=CERT, tls_key=KEY)
-
-
-@pytest.fixture
-def users() -> Iterator[Callable[..., LineClient]]:
-    """``users(address, "alice")``: a registered TLS user (``tls=False``: a
-    plain one; ``nick=None``: not registered). Closed after the test."""
-    made: List[LineClient] = []
-
-    def make(address, nick: Optional[str] = None,
-             tls: bool = True) -> LineClient:
-        user = TLSLineClient(address) if tls else LineClient(address)
-        made.append(user)
-        if nick:
-            user.register(nick)
-        return user
-
-    yield make
-    for user in made:
-        if isinstance(user, TLSLineClient):
-            user.leave()
-        else:
-            user.close()
-
-
-def abort(user: LineClient) -> None:
-    """Close with a reset (RST) rather than an orderly end of stream."""
-    try:
-        user.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                             struct.pack("ii", 1, 0))
-    except OSError:
-        pass
-    user.close()
-    user.nick = ""  # nothing more to say at the end of the test
 
 
 def run_client(port: int, *args: str, stdin: str = "",
@@ -142,11 +85,11 @@ def log_messages(caplog) -> List[str]:
 # --- Chat over TLS -----------------------------------------------------------
 
 
-def test_tls_users_chat_publicly_and_privately(tls_server, users) -> None:
-    alice = users(tls_server.address, "alice")
-    bob = users(tls_server.address, "bob")
+def test_tls_users_chat_publicly_and_privately(tls_server, clients) -> None:
+    alice = clients(tls_server.address, "alice", tls=True)
+    bob = clients(tls_server.address, "bob", tls=True)
     alice.expect(protocol.format_joined("bob"))
-    assert alice.sock.version() in ("TLSv1.2", "TLSv1.3")
+    assert alice.tls.version() in ("TLSv1.2", "TLSv1.3")
     alice.send("-all hello over TLS, Привет 👋")
     bob.expect("alice: hello over TLS, Привет 👋")
     bob.send("-to alice just for you")
@@ -156,8 +99,8 @@ def test_tls_users_chat_publicly_and_privately(tls_server, users) -> None:
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
-def test_client_py_over_tls(tls_server, users, host: str) -> None:
-    alice = users(tls_server.address, "alice")
+def test_client_py_over_tls(tls_server, clients, host: str) -> None:
+    alice = clients(tls_server.address, "alice", tls=True)
     result = run_client(tls_server.address[1], "--tls", "--cafile", CERT,
                         host=host, stdin="bob\n-all hi\n")
     alice.expect("bob: hi")
@@ -170,8 +113,8 @@ def test_client_py_over_tls(tls_server, users, host: str) -> None:
     assert "* Goodbye, bob!" in result.stdout
 
 
-def test_insecure_works_but_warns(tls_server, users) -> None:
-    alice = users(tls_server.address, "alice")
+def test_insecure_works_but_warns(tls_server, clients) -> None:
+    alice = clients(tls_server.address, "alice", tls=True)
     result = run_client(tls_server.address[1], "--tls", "--insecure",
                         stdin="dave\n-all unchecked\n")
     alice.expect("dave: unchecked")
@@ -185,7 +128,7 @@ def test_insecure_works_but_warns(tls_server, users) -> None:
 # --- Refusing a server we cannot trust ---------------------------------------
 
 
-def test_wrong_ca_is_refused_and_the_server_carries_on(tls_server, users,
+def test_wrong_ca_is_refused_and_the_server_carries_on(tls_server, clients,
                                                        caplog) -> None:
     caplog.set_level(logging.INFO, logger="chat")
     result = run_client(tls_server.address[1], "--tls", "--cafile", OTHER_CA,
@@ -197,7 +140,7 @@ def test_wrong_ca_is_refused_and_the_server_carries_on(tls_server, users,
     wait_until(lambda: any("TLS handshake failed" in message
                            for message in log_messages(caplog)),
                what="the server to log the failed handshake")
-    users(tls_server.address, "carol")
+    clients(tls_server.address, "carol", tls=True)
 
 
 def test_system_cas_do_not_trust_a_self_signed_server(tls_server) -> None:
@@ -220,15 +163,15 @@ def test_a_certificate_for_another_name_is_refused(make_server) -> None:
 
 
 def test_plain_line_on_a_tls_port_is_answered_in_plain_text(tls_server,
-                                                            users) -> None:
-    plain = users(tls_server.address, tls=False)
+                                                            clients) -> None:
+    plain = clients(tls_server.address)
     plain.send("alice")
     assert plain.read_line() == protocol.format_tls_required()
     plain.wait_closed()
-    users(tls_server.address, "bob")  # the server carries on
+    clients(tls_server.address, "bob", tls=True)  # the server carries on
 
 
-def test_plain_client_py_on_a_tls_port_says_so(tls_server, users,
+def test_plain_client_py_on_a_tls_port_says_so(tls_server, clients,
                                                monkeypatch) -> None:
     # client.py waits for the prompt, saying nothing; the server waits for
     # a ClientHello until its handshake timeout, then says it uses TLS.
@@ -237,7 +180,7 @@ def test_plain_client_py_on_a_tls_port_says_so(tls_server, users,
     line = one_line_error(result)
     assert line == ("client.py: cannot join the chat: this server uses TLS;"
                     " connect with a TLS client (client.py --tls)")
-    users(tls_server.address, "bob")
+    clients(tls_server.address, "bob", tls=True)
 
 
 def test_a_silent_server_gets_a_hint_then_the_tls_line(monkeypatch) -> None:
@@ -268,13 +211,13 @@ def test_a_silent_server_gets_a_hint_then_the_tls_line(monkeypatch) -> None:
         theirs.close()
 
 
-def test_tls_client_py_on_a_plain_port_says_so(server, users) -> None:
+def test_tls_client_py_on_a_plain_port_says_so(server, clients) -> None:
     result = run_client(server.address[1], "--tls", stdin="alice\n")
     line = one_line_error(result)
     assert line.startswith(f"client.py: TLS handshake with 127.0.0.1:"
                            f"{server.address[1]} failed: ")
     assert "connect without --tls" in line
-    users(server.address, "bob", tls=False)  # the server carries on
+    clients(server.address, "bob")  # the server carries on
 
 
 @pytest.mark.parametrize("peer, expected", [
@@ -304,7 +247,7 @@ def test_failed_handshakes_are_one_clear_line(peer: Optional[bytes],
         theirs.close()
 
 
-def test_silent_connections_do_not_hold_up_others(tls_server, users) -> None:
+def test_silent_connections_do_not_hold_up_others(tls_server, clients) -> None:
     # Handshakes run in each connection's own thread: connections that
     # never finish theirs (silent, or half a ClientHello) block nobody.
     stalled = [socket.create_connection(tls_server.address, timeout=DEADLINE)
@@ -312,8 +255,8 @@ def test_silent_connections_do_not_hold_up_others(tls_server, users) -> None:
     try:
         stalled[0].sendall(b"\x16\x03\x01\x02\x00\x01")
         started = time.monotonic()
-        alice = users(tls_server.address, "alice")
-        bob = users(tls_server.address, "bob")
+        alice = clients(tls_server.address, "alice", tls=True)
+        bob = clients(tls_server.address, "bob", tls=True)
         alice.send("-all still here")
         bob.expect("alice: still here")
         assert time.monotonic() - started < config.TLS_HANDSHAKE_SECONDS
@@ -322,30 +265,26 @@ def test_silent_connections_do_not_hold_up_others(tls_server, users) -> None:
             sock.close()
 
 
-def test_a_tls_user_who_hangs_up_leaves(tls_server, users) -> None:
+def test_a_tls_user_who_hangs_up_leaves(tls_server, clients) -> None:
     """Most TLS clients (client.py, a killed process, a dropped network)
     close the TCP connection without a TLS close_notify first: the server
     must see the end of the stream, not wait for more records."""
-    alice = users(tls_server.address, "alice")
-    bob = users(tls_server.address, "bob")
+    alice = clients(tls_server.address, "alice", tls=True)
+    bob = clients(tls_server.address, "bob", tls=True)
     alice.expect(protocol.format_joined("bob"))
-    bob.sock.close()  # SSLSocket.close() sends no close_notify
+    bob.sock.close()  # no close_notify, just the end of the stream
     alice.expect(protocol.format_left("bob"), timeout=2.0)
 
 
-def test_a_tls_user_who_ends_tls_leaves(tls_server, users) -> None:
-    alice = users(tls_server.address, "alice")
-    bob = users(tls_server.address, "bob")
+def test_a_tls_user_who_ends_tls_leaves(tls_server, clients) -> None:
+    alice = clients(tls_server.address, "alice", tls=True)
+    bob = clients(tls_server.address, "bob", tls=True)
     alice.expect(protocol.format_joined("bob"))
     try:
-        bob.sock.settimeout(2.0)
-        try:
-            bob.sock.unwrap()  # close_notify; waits for the server's reply
-        except OSError:
-            pass  # the server closed without a close_notify of its own
+        bob.end_tls()  # close_notify, the TCP connection left open
         alice.expect(protocol.format_left("bob"), timeout=2.0)
     finally:
-        abort(bob)
+        bob.abort()
 
 
 def test_nickname_sent_with_the_end_of_the_handshake(tls_server) -> None:
@@ -492,7 +431,7 @@ def test_dual_stack_takes_ipv4_clients_too(make_server, caplog) -> None:
 def test_client_py_over_ipv6_with_tls(make_server) -> None:
     v6 = make_server(host="::1", tls_cert=CERT, tls_key=KEY)
     port = v6.address[1]
-    alice = TLSLineClient(("::1", port)).register("alice")
+    alice = LineClient(("::1", port), tls=True).register("alice")
     try:
         result = run_client(port, "--tls", "--cafile", CERT, host="::1",
                             stdin="bob\n-all hi over IPv6 and TLS\n")

@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import transport
-from conftest import ROOT
+from helpers import ROOT
 from protocol import OVERLONG, FramingError
 from transport import LineDecoder, LineSocket, TLSLayer, handshake
 
