@@ -499,12 +499,10 @@ def test_accepted_sockets_have_keepalive_and_no_delay(server, clients,
         configured.append(sock)
 
     monkeypatch.setattr(transport, "configure_socket", spy)
-    alice = clients(server, "alice")
-    clients(server)
-    wait_until(lambda: connection_count(server) == 2, what="2 connections")
-    alice.send("-users")
-    alice.expect(lambda line: line.startswith("* Online"))
-    assert len(configured) == 2
+    clients(server, "alice")
+    clients(server).expect(protocol.format_nick_prompt())
+    # Each handler configures its socket before it says anything.
+    wait_until(lambda: len(configured) == 2, what="2 sockets configured")
     for sock in configured:
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
