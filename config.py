@@ -43,6 +43,16 @@ ANNOUNCE_INTERVAL = 1.0
 TLS_HANDSHAKE_SECONDS = 10.0
 #: Seconds a closing connection gets to receive what is queued for it.
 CLOSE_GRACE_SECONDS = 2.0
+#: Public lines replayed to a user on joining, and by ``-history``.
+DEFAULT_HISTORY = 20
+#: Public lines the room keeps for that.
+DEFAULT_HISTORY_KEEP = 1000
+#: Bytes one replay may take at most, however long its lines.
+MAX_HISTORY_REPLAY_BYTES = 64 * 1024
+#: Seconds a dropped user's seat is kept for them to ``-resume``.
+DEFAULT_RESUME_GRACE = 120.0
+#: Transcript lines waiting for the disk before new ones are dropped.
+TRANSCRIPT_QUEUE_LINES = 10000
 #: Environment variable that may hold the admin password.
 PASSWORD_ENV = "CHAT_ADMIN_PASSWORD"
 
@@ -103,6 +113,23 @@ class ServerConfig:
         "rooms up to N users hear each join and leave as it happens;"
         " larger rooms get one summary line a second"
         " (default %(default)s)", metavar="N", minimum=0)
+    history: int = _option(
+        DEFAULT_HISTORY,
+        "public lines shown to a user on joining; 0 turns history off"
+        " (default %(default)s)", metavar="N", minimum=0)
+    history_keep: int = _option(
+        DEFAULT_HISTORY_KEEP,
+        "public lines the server keeps for -history (default %(default)s)",
+        metavar="N", minimum=0)
+    resume_grace: float = _option(
+        DEFAULT_RESUME_GRACE,
+        "seconds a dropped user's seat (nickname, lines sent to them) is"
+        " kept for them to come back; 0 turns it off (default"
+        " %(default)s)", metavar="SECONDS", minimum=0)
+    log: str = _option(
+        "", "append every public line, join, departure, kick and the"
+            " shutdown to FILE, with UTC times (never private lines)",
+        metavar="FILE")
     tls_cert: str = _option(
         "", "certificate (PEM) to serve TLS with; needs --tls-key",
         metavar="FILE")
@@ -123,6 +150,8 @@ class ServerConfig:
                     f"{option_name(item.name)} must be at least {minimum}")
         if self.port > 65535:
             raise ValueError("--port must be at most 65535")
+        if self.history > self.history_keep:
+            raise ValueError("--history cannot be more than --history-keep")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("--tls-cert and --tls-key go together")
 

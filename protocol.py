@@ -280,6 +280,9 @@ COMMANDS: Tuple[CommandSpec, ...] = (
     CommandSpec("users", "-users", NO_ARGUMENT, (
         ("-users", "who is online"),
     ), hint="-users"),
+    CommandSpec("history", "-history", TEXT, (
+        ("-history [N]", "the last N public lines (default 20)"),
+    )),
     CommandSpec("help", "-help", NO_ARGUMENT, (
         ("-help", "this list"),
     ), client=LOCAL),
@@ -288,6 +291,9 @@ COMMANDS: Tuple[CommandSpec, ...] = (
     ), hint="-exit", client=LEAVE),
     CommandSpec("admin", "-admin", SECRET, (
         ("-admin PASSWORD", "become an admin"),
+    ), client=HIDE),
+    CommandSpec("resume", "-resume", SECRET, (
+        ("-resume TOKEN", "first line after a drop: get your seat back"),
     ), client=HIDE),
     CommandSpec("kick", "-kick", NICK, (
         ("-kick NICK [reason]", "admin: disconnect NICK"),
@@ -414,11 +420,18 @@ def format_nick_taken(nick: str) -> str:
 
 
 _WELCOME = "Welcome, {}! You are in the chat."
-_WELCOME_RE = re.compile(r"\* Welcome, (\S+)! You are in the chat\.")
+_WELCOME_BACK = "Welcome back, {}! You are in the chat."
+_WELCOME_RE = re.compile(
+    r"\* Welcome(?: back)?, (\S+)! You are in the chat\.")
 
 
 def format_welcome(nick: str) -> str:
     return format_notice(_WELCOME.format(nick))
+
+
+def format_welcome_back(nick: str) -> str:
+    """Greets a user who got their seat back with ``-resume``."""
+    return format_notice(_WELCOME_BACK.format(nick))
 
 
 def format_commands_hint() -> str:
@@ -437,17 +450,21 @@ def format_help() -> List[str]:
 
 
 def format_users(nicks: Sequence[str], me: str, admins: Iterable[str] = (),
-                 total: Optional[int] = None) -> str:
-    """The users online, with ``me`` and the admins marked.
+                 total: Optional[int] = None,
+                 reconnecting: Iterable[str] = ()) -> str:
+    """The users online, with ``me``, the admins and those whose connection
+    dropped (their seat is kept for them) marked.
 
     ``total`` is how many are online when ``nicks`` lists only some of
     them (a joining user in a room of thousands gets one short line).
     """
     admins = set(admins)
+    reconnecting = set(reconnecting)
     names = []
     for nick in nicks:
-        marks = [mark for mark, yes in (("you", nick == me),
-                                        ("admin", nick in admins)) if yes]
+        marks = [mark for mark, yes in (
+            ("you", nick == me), ("admin", nick in admins),
+            ("reconnecting", nick in reconnecting)) if yes]
         names.append(f"{nick} ({', '.join(marks)})" if marks else nick)
     total = len(nicks) if total is None else total
     more = total - len(nicks)
@@ -581,6 +598,75 @@ def format_flooding() -> str:
     return format_error("no end of line in a megabyte; disconnecting")
 
 
+# --- Memory: history, and a seat kept for a dropped connection ---------------
+
+_HISTORY_RE = re.compile(r"\* \[history (\d\d:\d\d)\] (.*)", re.DOTALL)
+_HISTORY_END = "End of history."
+
+
+def format_history(clock: str, line: str) -> str:
+    """A public line said before, replayed: ``* [history 14:02] alice:
+    hello``. ``clock`` is HH:MM; ``line`` is the line as it was sent live
+    (a notice loses its own ``* ``), so a history line is always a notice
+    and can never be taken for something said now."""
+    if line.startswith(NOTICE):
+        line = line[len(NOTICE):]
+    return format_notice(f"[history {clock}] {line}")
+
+
+def format_history_end() -> str:
+    """Follows the replayed lines: what comes next is live."""
+    return format_notice(_HISTORY_END)
+
+
+def format_no_history() -> str:
+    return format_notice("Nothing has been said yet.")
+
+
+_TOKEN = ("Resume token: {0} (if your connection drops, connect again and"
+          " send: -resume {0})")
+_TOKEN_RE = re.compile(r"\* Resume token: (\S+) \(.*\)")
+
+
+def format_resume_token(token: str) -> str:
+    """Sent to a user alone on joining: the secret that gets their seat
+    back after a dropped connection."""
+    return format_notice(_TOKEN.format(token))
+
+
+def format_resume_refused() -> str:
+    return format_error("cannot resume: that token is unknown or has"
+                        " expired; choose a nickname")
+
+
+def format_already_joined() -> str:
+    return format_error("you are in the chat already; -resume is for the"
+                        " first line after a dropped connection")
+
+
+def format_missed(count: int, dropped: int = 0) -> str:
+    """Says how many lines follow that came while the user was away."""
+    if not count and not dropped:
+        return format_notice("Nothing came for you while you were away.")
+    lost = f" ({dropped} earlier lines were not kept)" if dropped else ""
+    return format_notice(f"{count} lines came for you while you were away"
+                         f"{lost}:")
+
+
+def format_lost_connection(nick: str) -> str:
+    return format_notice(f"{nick} lost connection")
+
+
+def format_back(nick: str) -> str:
+    return format_notice(f"{nick} is back")
+
+
+def format_replaced() -> str:
+    """The last line of a connection whose seat a newer one took over."""
+    return format_error("your seat was taken over by a new connection"
+                        " (-resume)")
+
+
 # --- Reading server lines (for clients) --------------------------------------
 
 
@@ -625,6 +711,18 @@ def partner_change(line: str) -> Optional[str]:
     if line == format_everyone():
         return ""
     match = _PARTNER_RE.fullmatch(line)
+    return match.group(1) if match else None
+
+
+def history_line(line: str) -> Optional[Tuple[str, str]]:
+    """For a history line: (HH:MM, the line as it was). None otherwise."""
+    match = _HISTORY_RE.fullmatch(line)
+    return (match.group(1), match.group(2)) if match else None
+
+
+def resume_token(line: str) -> Optional[str]:
+    """The token a resume-token line gives, or None for any other line."""
+    match = _TOKEN_RE.fullmatch(line)
     return match.group(1) if match else None
 
 

@@ -35,6 +35,7 @@ import contextlib
 import hmac
 import logging
 import threading
+import time
 from typing import (Callable, Dict, Iterator, List, Optional, Sequence, Set,
                     Tuple)
 
@@ -44,6 +45,7 @@ except ImportError:  # Python 3.7; the room still works, untyped
     Protocol = object  # type: ignore[assignment,misc]
 
 import config
+import memory
 import protocol
 from protocol import Command, Frame
 
@@ -51,9 +53,11 @@ log = logging.getLogger("chat")
 
 Address = Tuple  # (host, port) for IPv4, (host, port, flow, scope) for IPv6
 
-# A member's states; it moves only down this list.
+# A member's states; it moves down this list, but for DETACHED, which goes
+# back to ONLINE when its user resumes.
 JOINING = "joining"   # connected, choosing a nickname
 ONLINE = "online"     # in the registry: can talk and be talked to
+DETACHED = "detached"  # its connection dropped: the seat is kept a while
 GONE = "gone"         # left, kicked, or out of time: hears nothing more
 
 
@@ -95,29 +99,46 @@ class Member:
         self.is_admin = False
         self.admin_tries = 0
         self.close_reason = ""  # why the connection ended, for the log
+        self.seat_id = ""       # with secret: the resume token
+        self.secret = ""
+        self.keep_until = 0.0   # DETACHED: when the seat is given up
 
     def __repr__(self) -> str:
         return f"<Member {self.nick or '?'} {self.name} {self.state}>"
 
 
 class Room:
-    """The chat room. ``on_shutdown(reason)`` is called (with the lock
-    held: it must only hand the work to another thread) when an admin
-    types ``down server``: every member has the notice by then; the
-    front-end stops accepting and closes the connections."""
+    """The chat room.
+
+    ``on_shutdown(reason)`` is called (with the lock held: it must only
+    hand the work to another thread) when an admin types ``down server``:
+    every member has the notice by then; the front-end stops accepting and
+    closes the connections. ``transcript(stamp, line)``, if given, gets
+    every line sent to everyone (never a private one), with the lock held:
+    it must not block. ``clock`` (monotonic) and ``wall_clock`` (seconds
+    since the epoch) may be replaced in tests.
+    """
 
     def __init__(self, settings: config.ServerConfig,
-                 on_shutdown: Callable[[str], None] = lambda reason: None
-                 ) -> None:
+                 on_shutdown: Callable[[str], None] = lambda reason: None,
+                 transcript: Optional[Callable[[float, str], None]] = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self._on_shutdown = on_shutdown
+        self._transcript = transcript
+        self._clock = clock
         self._password = settings.admin_password.encode(protocol.ENCODING)
         self._lock = threading.Lock()
-        self._members: Set[Member] = set()      # every connection
+        self._members: Set[Member] = set()      # every connection's member
         self._nicks: Dict[Address, str] = {}    # the registry
-        self._by_key: Dict[str, Member] = {}    # nick_key -> member, online
+        self._by_key: Dict[str, Member] = {}    # nick_key -> member in it
+        self._seats: Dict[str, Member] = {}     # seat id -> member in it
         self._events: List[Tuple[str, str]] = []  # batched joins, departures
         self._touched: Set[Link] = set()        # links to flush
+        self._history = memory.History(settings.history_keep,
+                                       config.MAX_HISTORY_REPLAY_BYTES,
+                                       wall_clock)
         self._closed = False
 
     # -- What the front-end calls
@@ -134,40 +155,57 @@ class Room:
         log.info("%s: connected", member.name)
         return member
 
-    def receive(self, member: Member, frames: Sequence[Frame]) -> None:
+    def receive(self, member: Member, frames: Sequence[Frame]) -> Member:
         """Run what ``member`` sent, a batch of framed lines: a nickname
-        while joining, then commands."""
+        (or ``-resume``) while joining, then commands. Returns the member
+        the connection speaks for from now on: after ``-resume``, the seat
+        it got back."""
         with self._locked():
             for frame in frames:
-                if self._closed or member.state == GONE:
+                if self._closed or member.state not in (JOINING, ONLINE):
                     # Shutting down (everyone has had the last line), or
                     # gone (kicked, say): the rest goes nowhere.
-                    return
+                    break
                 if member.state == JOINING:
-                    self._choose_nick(member, frame)
+                    member = self._choose_nick(member, frame)
                 else:
                     line = self._decode(member, frame)
                     if line is not None:
                         self._run(member, line)
+        return member
 
     def disconnect(self, member: Member, reason: str = "",
-                   farewell: str = "") -> None:
-        """The connection ended (or must end, with ``farewell`` as its
-        last line): take the member out and tell the others."""
+                   farewell: str = "", link: Optional[Link] = None,
+                   dropped: bool = False) -> None:
+        """The connection on ``link`` (by default the member's) ended, or
+        must end with ``farewell`` as its last line: take the member out
+        and tell the others. With ``dropped`` (the network lost it, rather
+        than the user leaving or the server cutting it), an online member's
+        seat is kept for ``--resume-grace`` seconds instead."""
         with self._locked():
-            if member not in self._members:
-                return
+            if member not in self._members or (
+                    link is not None and link is not member.link):
+                return  # gone already, or its seat went to a new connection
             self._members.discard(member)
             member.close_reason = member.close_reason or reason
             if farewell:
                 self._send(member, farewell, last=True)
-            if member.state == ONLINE:
-                self._remove(member)
-                self._announce("left", member.nick)
-            member.state = GONE
             member.link.close()
+            if member.state == ONLINE and dropped and not self._closed \
+                    and self.settings.resume_grace > 0:
+                self._detach(member)
+                kept = True
+            else:
+                kept = False
+                if member.state == ONLINE:
+                    self._leave(member)
+                member.state = GONE
         why = f": {member.close_reason}" if member.close_reason else ""
-        if member.nick:
+        if kept:
+            log.info("%s (%s) lost connection%s; seat kept %g s",
+                     member.nick, member.name, why,
+                     self.settings.resume_grace)
+        elif member.nick:
             log.info("%s (%s) left%s", member.nick, member.name, why)
         else:
             log.info("%s: disconnected%s", member.name, why)
@@ -185,9 +223,18 @@ class Room:
             return True
 
     def tick(self) -> None:
-        """Send the batched announcements (the front-end calls this every
+        """Give up the seats kept too long, and send the batched
+        announcements (the front-end calls this every
         ``config.ANNOUNCE_INTERVAL`` seconds)."""
         with self._locked():
+            now = self._clock()
+            for seat in list(self._seats.values()):
+                if seat.state == DETACHED and seat.keep_until <= now:
+                    seat.close_reason = "did not come back in time"
+                    self._leave(seat)
+                    seat.state = GONE
+                    log.info("%s (%s) left: %s", seat.nick, seat.name,
+                             seat.close_reason)
             self._send_events()
 
     def shut_down(self, reason: str = "") -> List[Member]:
@@ -197,11 +244,7 @@ class Room:
         call more than once."""
         with self._locked():
             if not self._closed:
-                self._closed = True
-                notice = protocol.encode_line(protocol.format_shutdown(reason))
-                for member in self._members:
-                    member.link.put(notice, last=True)
-                    self._touched.add(member.link)
+                self._close_room(reason)
             return list(self._members)
 
     # -- Looking (for the front-end and tests)
@@ -240,9 +283,12 @@ class Room:
                                  for text in lines), last)
         self._touched.add(member.link)
 
-    def _broadcast(self, text: str, exclude: Optional[Member] = None) -> bool:
-        """Send ``text`` to everyone online but ``exclude``, encoded once;
-        False if nobody was there to receive it."""
+    def _broadcast(self, text: str, exclude: Optional[Member] = None,
+                   record: bool = False) -> bool:
+        """Send ``text`` to everyone in the room but ``exclude``, encoded
+        once (a seat kept for a dropped user keeps it for them); False if
+        nobody was there to receive it. With ``record``, the line goes
+        into the history and the transcript too."""
         data = protocol.encode_line(text)
         sent = False
         for member in self._by_key.values():
@@ -250,6 +296,10 @@ class Room:
                 member.link.put(data)
                 self._touched.add(member.link)
                 sent = True
+        if record:
+            stamp = self._history.record(text)
+            if self._transcript is not None:
+                self._transcript(stamp, text)
         return sent
 
     def _refuse(self, member: Member, error: str) -> None:
@@ -273,22 +323,28 @@ class Room:
 
     # -- Joining
 
-    def _choose_nick(self, member: Member, frame: Frame) -> None:
-        """Take a nickname, or say why not and ask again."""
+    def _choose_nick(self, member: Member, frame: Frame) -> Member:
+        """Take a nickname (or a seat back, with ``-resume``), or say why
+        not and ask again. Returns the member the connection now is."""
         nick = self._nick_from(member, frame)
         if nick is not None and nick.lower() == "-exit":
             member.state = GONE
             member.link.close()
-            return
-        if nick:
+            return member
+        if nick and nick.split(None, 1)[0].lower() == "-resume":
+            seat = self._resume(member, nick.partition(" ")[2])
+            if seat is not None:
+                return seat
+        elif nick:
             reason = protocol.nick_error(nick)
             if reason is None and protocol.nick_key(nick) in self._by_key:
                 reason = "it is taken, choose another"
             if reason is None:
                 self._join(member, nick)
-                return
+                return member
             self._refuse_nick(member, nick, reason)
         self._send(member, protocol.format_nick_prompt())
+        return member
 
     def _nick_from(self, member: Member, frame: Frame) -> Optional[str]:
         """The nickname a frame offers, or None after saying why it cannot
@@ -311,30 +367,116 @@ class Room:
         self._send(member, protocol.format_nick_refused(nick, reason))
 
     def _join(self, member: Member, nick: str) -> None:
-        """Put ``member`` in the registry as ``nick`` and greet it."""
+        """Put ``member`` in the registry as ``nick`` and greet it: the
+        welcome, who is here, its resume token, what was said before."""
         member.nick = nick
         member.state = ONLINE
         self._nicks[member.address] = nick
         self._by_key[protocol.nick_key(nick)] = member
+        self._greet(member, protocol.format_welcome(nick))
+        if self.settings.resume_grace > 0:
+            member.seat_id, member.secret = memory.new_token()
+            while member.seat_id in self._seats:  # 48 random bits: rare
+                member.seat_id, member.secret = memory.new_token()
+            self._seats[member.seat_id] = member
+            self._send(member, protocol.format_resume_token(
+                memory.join_token(member.seat_id, member.secret)))
+        replay = self._history.replay(self.settings.history)
+        if replay:
+            self._send(member, *replay)
+        log.info("%s registered as %s", member.name, nick)
+        self._announce("joined", nick, exclude=member)
+
+    def _greet(self, member: Member, welcome: str) -> None:
+        """The welcome, the commands, and who is here (the first names)."""
         first = [member]
         for other in self._by_key.values():
             if len(first) >= protocol.MAX_NAMES_SHOWN:
                 break
             if other is not member:
                 first.append(other)
-        self._send(member, protocol.format_welcome(nick),
-                   protocol.format_commands_hint(),
-                   protocol.format_users(
-                       [m.nick for m in first], nick,
-                       [m.nick for m in first if m.is_admin],
-                       total=len(self._by_key)))
-        log.info("%s registered as %s", member.name, nick)
-        self._announce("joined", nick, exclude=member)
+        self._send(member, welcome, protocol.format_commands_hint(),
+                   self._format_users(first, member,
+                                      total=len(self._by_key)))
+
+    def _format_users(self, members: Sequence[Member], me: Member,
+                      total: Optional[int] = None) -> str:
+        return protocol.format_users(
+            [m.nick for m in members], me.nick,
+            [m.nick for m in members if m.is_admin], total,
+            [m.nick for m in members if m.state == DETACHED])
+
+    def _leave(self, member: Member) -> None:
+        """Take a member out of the room for good, and tell the others."""
+        self._remove(member)
+        self._announce("left", member.nick)
 
     def _remove(self, member: Member) -> None:
-        """Take an online member out of the registry."""
+        """Take a member out of the registry (its nickname is free)."""
         del self._nicks[member.address]
         del self._by_key[protocol.nick_key(member.nick)]
+        self._seats.pop(member.seat_id, None)
+
+    # -- A seat kept for a dropped connection
+
+    def _detach(self, member: Member) -> None:
+        """The member's connection dropped: keep its seat, and what is sent
+        to it, until it resumes or its time is up (see :meth:`tick`)."""
+        member.state = DETACHED
+        member.link = memory.HeldLines(self.settings.outbox_limit)
+        member.keep_until = self._clock() + self.settings.resume_grace
+        self._notice_others(member, protocol.format_lost_connection(
+            member.nick))
+
+    def _resume(self, joining: Member, token: str) -> Optional[Member]:
+        """Give ``joining``'s connection the seat ``token`` names, with the
+        lines kept for it; None (after saying so) if the token is wrong or
+        expired. A connection still holding the seat is replaced."""
+        parts = memory.split_token(token)
+        seat = self._seats.get(parts[0]) if parts else None
+        if seat is None or parts is None or not hmac.compare_digest(
+                parts[1].encode(protocol.ENCODING),
+                seat.secret.encode(protocol.ENCODING)):
+            log.info("%s: resume refused", joining.name)
+            self._send(joining, protocol.format_resume_refused())
+            return None
+        was = seat.state
+        if was == ONLINE:  # its old connection has not noticed yet
+            self._send(seat, protocol.format_replaced(), last=True)
+            seat.link.close()
+            self._members.discard(seat)
+            held, count, dropped = b"", 0, 0
+        else:
+            held_lines: memory.HeldLines = seat.link  # type: ignore
+            held, count = held_lines.take()
+            dropped = held_lines.dropped
+        # The joining connection becomes the seat's.
+        self._members.discard(joining)
+        joining.state = GONE
+        del self._nicks[seat.address]
+        seat.address, seat.name = joining.address, joining.name
+        self._nicks[seat.address] = seat.nick
+        seat.link = joining.link
+        seat.state = ONLINE
+        seat.close_reason = ""
+        self._members.add(seat)
+        self._greet(seat, protocol.format_welcome_back(seat.nick))
+        self._send(seat, protocol.format_missed(count, dropped))
+        if held:
+            seat.link.put(held)
+        log.info("%s resumed as %s (%d lines kept for it)", seat.name,
+                 seat.nick, count)
+        if was == DETACHED:
+            self._notice_others(seat, protocol.format_back(seat.nick))
+        return seat
+
+    def _notice_others(self, member: Member, text: str) -> None:
+        """Tell the others about ``member``'s connection (lost, back): in
+        a small room only; a large one is not told of every blip. Not in
+        the history: it is not part of the conversation."""
+        if len(self._by_key) <= self.settings.announce_limit:
+            self._send_events()  # what is batched happened first
+            self._broadcast(text, exclude=member)
 
     # -- Announcing joins and departures
 
@@ -353,7 +495,8 @@ class Room:
             return
         self._send_events()  # what is batched happened first
         self._broadcast(protocol.format_joined(nick) if kind == "joined"
-                        else protocol.format_left(nick), exclude)
+                        else protocol.format_left(nick), exclude,
+                        record=True)
 
     def _send_events(self) -> None:
         """Send the batched announcements, in order: one line for each run
@@ -368,7 +511,8 @@ class Room:
             nicks = [nick for _, nick in events[start:end]]
             self._broadcast(protocol.format_joined_many(nicks)
                             if kind == "joined"
-                            else protocol.format_left_many(nicks))
+                            else protocol.format_left_many(nicks),
+                            record=True)
             start = end
         events.clear()
 
@@ -400,7 +544,7 @@ class Room:
         partner = member.partner
         if partner is None:
             self._say_to_all(member, command.text)
-        elif partner.state != ONLINE:
+        elif partner.state not in (ONLINE, DETACHED):
             self._refuse(member, protocol.format_partner_gone(partner.nick))
         else:
             self._send(partner, protocol.format_private(member.nick,
@@ -425,20 +569,34 @@ class Room:
             self._send(member, protocol.format_everyone())
 
     def do_users(self, member: Member, command: Command) -> None:
-        online = list(self._by_key.values())
-        self._send(member, protocol.format_users(
-            [m.nick for m in online], member.nick,
-            [m.nick for m in online if m.is_admin]))
+        self._send(member, self._format_users(list(self._by_key.values()),
+                                              member))
+
+    def do_history(self, member: Member, command: Command) -> None:
+        """``-history [N]``: the last N public lines, 20 by default."""
+        count = config.DEFAULT_HISTORY
+        if command.text:
+            if not command.text.isdigit() or int(command.text) < 1:
+                self._refuse(member, protocol.format_error(
+                    "usage: -history [N], N a number of lines"))
+                return
+            count = int(command.text)
+        lines = self._history.replay(min(count,
+                                         self.settings.history_keep))
+        self._send(member, *(lines or [protocol.format_no_history()]))
 
     def do_help(self, member: Member, command: Command) -> None:
         self._send(member, *protocol.format_help())
 
     def do_exit(self, member: Member, command: Command) -> None:
         self._send(member, protocol.format_goodbye(member.nick), last=True)
-        self._remove(member)
-        self._announce("left", member.nick)
+        self._leave(member)
         member.state = GONE
         member.link.close()
+
+    def do_resume(self, member: Member, command: Command) -> None:
+        # Resuming happens at the nickname prompt (see _choose_nick).
+        self._refuse(member, protocol.format_already_joined())
 
     def do_admin(self, member: Member, command: Command) -> None:
         if member.is_admin:
@@ -475,18 +633,26 @@ class Room:
         target.link.close()
         self._send_events()  # what is batched happened first
         self._broadcast(protocol.format_kicked(target.nick, member.nick,
-                                               reason))
+                                               reason), record=True)
 
     def do_down(self, member: Member, command: Command) -> None:
         if self._closed:
             return  # another admin was quicker
         reason = f"by admin {member.nick}"
+        self._close_room(reason)
+        self._on_shutdown(reason)
+
+    def _close_room(self, reason: str) -> None:
+        """Give every connection the shutdown notice as its last line, and
+        let no one else in."""
         self._closed = True
-        notice = protocol.encode_line(protocol.format_shutdown(reason))
+        text = protocol.format_shutdown(reason)
+        notice = protocol.encode_line(text)
         for other in self._members:
             other.link.put(notice, last=True)
             self._touched.add(other.link)
-        self._on_shutdown(reason)
+        if self._transcript is not None:
+            self._transcript(self._history.record(text), text)
 
     # -- Helpers for commands
 
@@ -504,5 +670,5 @@ class Room:
 
     def _say_to_all(self, member: Member, text: str) -> None:
         if not self._broadcast(protocol.format_message(member.nick, text),
-                               exclude=member):
+                               exclude=member, record=True):
             self._refuse(member, protocol.format_nobody_else())

@@ -40,6 +40,7 @@ from config import ServerConfig
 from outbox import Outbox
 from protocol import Frame
 from room import GONE, Address, Member, Room, format_address
+from transcript import Transcript
 
 __all__ = ["ChatServer", "ServerConfig", "main"]
 
@@ -164,6 +165,7 @@ class ChatHandler(socketserver.BaseRequestHandler):
         self.decoder = transport.LineDecoder(self.tls, settings.max_line)
         self.bucket = TokenBucket(settings.rate_limit, settings.rate_burst)
         self.read_error = ""
+        self.cut = False  # the server ended the connection, not the network
 
     def handle(self) -> None:
         room = self.server.room
@@ -176,18 +178,25 @@ class ChatHandler(socketserver.BaseRequestHandler):
         farewell = ""
         try:
             for frames in self.bursts():
-                self.pass_on(member, frames)
-                if member.state == GONE:
-                    break  # left, kicked or out of time: stop reading
+                member = self.pass_on(member, frames)
+                if member.state == GONE or member.link is not self.outbox:
+                    break  # left, kicked, out of time, or replaced
         except protocol.FramingError as error:
             self.read_error = str(error)
+            self.cut = True
             farewell = protocol.format_flooding()
         except Exception:  # never let a bug in one handler go unlogged
             log.exception("%s: unexpected error", member.name)
             self.read_error = "internal error"
+            self.cut = True
         finally:
+            # The network dropped it (the user may come back for the
+            # seat), unless the server cut it: a broken stream, a reader
+            # too slow, a bug.
+            dropped = not (self.cut or self.outbox.failure ==
+                           "send queue exceeded")
             room.disconnect(member, self.outbox.failure or self.read_error,
-                            farewell)
+                            farewell, link=self.outbox, dropped=dropped)
 
     def finish(self) -> None:
         # socketserver closes the socket when this returns: let the last
@@ -223,6 +232,7 @@ class ChatHandler(socketserver.BaseRequestHandler):
                 frames = self.decoder.feed(data)
             except ssl.SSLError as error:  # a broken TLS stream
                 self.read_error = str(error)
+                self.cut = True
                 return
             if frames:
                 yield frames
@@ -236,18 +246,20 @@ class ChatHandler(socketserver.BaseRequestHandler):
             if not data:
                 return  # the peer closed the connection
 
-    def pass_on(self, member: Member, frames: Sequence[Frame]) -> None:
+    def pass_on(self, member: Member, frames: Sequence[Frame]) -> Member:
         """Give the room ``frames`` at the pace the token bucket allows:
-        not reading while it says wait is the back-pressure."""
+        not reading while it says wait is the back-pressure. Returns the
+        member the connection now is (a seat, after ``-resume``)."""
         start = 0
         for index in range(len(frames)):
             pause = self.bucket.delay()
             if pause:
                 if index > start:
-                    self.server.room.receive(member, frames[start:index])
+                    member = self.server.room.receive(member,
+                                                      frames[start:index])
                     start = index
                 time.sleep(pause)
-        self.server.room.receive(member, frames[start:])
+        return self.server.room.receive(member, frames[start:])
 
 
 class ChatServer(socketserver.ThreadingTCPServer):
@@ -270,7 +282,14 @@ class ChatServer(socketserver.ThreadingTCPServer):
 
     def __init__(self, settings: ServerConfig) -> None:
         self.config = settings
-        self.room = Room(settings, on_shutdown=self.stop_soon)
+        # Opened first: a transcript that cannot be written is an error at
+        # start, before anything is bound.
+        self.transcript = (Transcript(settings.log,
+                                      config.TRANSCRIPT_QUEUE_LINES)
+                           if settings.log else None)
+        self.room = Room(settings, on_shutdown=self.stop_soon,
+                         transcript=self.transcript.write
+                         if self.transcript else None)
         self.housekeeper = Housekeeper(self.room, settings.register_timeout)
         self.tls_context = (make_tls_context(settings.tls_cert,
                                              settings.tls_key)
@@ -365,6 +384,8 @@ class ChatServer(socketserver.ThreadingTCPServer):
                     lambda: self._connection_count == 0,
                     max(0.0, deadline - time.monotonic()))
             log.info("stopped")
+        if self.transcript is not None:
+            self.transcript.close()
         self._stopped.set()
 
     def stop_soon(self, reason: str) -> None:
@@ -475,8 +496,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         log.error("cannot use the TLS certificate or key: %s", error)
         return 1
     except OSError as error:
-        log.error("cannot listen on %s port %s: %s", settings.host,
-                  settings.port, error.strerror or error)
+        if error.filename is not None:  # the transcript
+            log.error("cannot open %s: %s", error.filename,
+                      error.strerror or error)
+        else:
+            log.error("cannot listen on %s port %s: %s", settings.host,
+                      settings.port, error.strerror or error)
         return 1
 
     def on_signal(signum: int, frame: object) -> None:

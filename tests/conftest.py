@@ -15,13 +15,16 @@ from server import ChatServer, ServerConfig
 @pytest.fixture
 def make_server() -> Iterator[Callable[..., ChatServer]]:
     """Start servers with ServerConfig fields as keywords; stop them after.
-    Flood control is off unless a test asks for it."""
+    Flood control, history and seats kept for dropped users are off unless
+    a test asks for them, so that each test sees only what it is about."""
     servers: List[ChatServer] = []
 
     def make(**fields) -> ChatServer:
         fields.setdefault("port", 0)
         fields.setdefault("admin_password", ADMIN_PASSWORD)
         fields.setdefault("rate_limit", 0)
+        fields.setdefault("history", 0)
+        fields.setdefault("resume_grace", 0)
         server = ChatServer(ServerConfig(**fields))
         server.start()
         servers.append(server)

@@ -130,8 +130,11 @@ def next_address() -> Address:
 def make_room(announce_limit: int = config.DEFAULT_ANNOUNCE_LIMIT,
               on_shutdown: Optional[Callable[[str], None]] = None,
               password: str = PASSWORD, cls: type = Room) -> Room:
+    # History and kept seats are off: these tests are about the rest (the
+    # memory has its own tests, test_memory.py).
     settings = ServerConfig(admin_password=password,
-                            announce_limit=announce_limit)
+                            announce_limit=announce_limit, history=0,
+                            resume_grace=0)
     if on_shutdown is None:
         return cls(settings)
     return cls(settings, on_shutdown=on_shutdown)
