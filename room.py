@@ -9,18 +9,24 @@ connection's :class:`Link`, the only thing it knows of a connection, so it
 can be driven by fake links in unit tests, and by other front-ends.
 
 The room keeps the registry the chat is built on, an address -> nickname
-dictionary (:meth:`Room.nicknames`), with the :class:`Member` behind each
-nickname. A member joins in three steps: ``JOINING`` (asked for a
-nickname), ``ONLINE`` (in the registry), ``GONE``.
+dictionary (:meth:`Room.nicknames`), with the ``members.Member`` behind
+each nickname. A member goes ``JOINING`` (asked for a nickname), ``ONLINE``
+(in the registry), and ``GONE``; or, when its connection drops, it waits
+``DETACHED`` for its user to ``-resume`` (the seat kept, lines held for it:
+``memory.py``), and is ``ONLINE`` again. The room also keeps the last
+public lines for late joiners and ``-history`` (``memory.History``), and
+hands every public line to a transcript, if there is one.
 
-Each command is a method ``do_<name>``, run for the row ``name`` of
-``protocol.COMMANDS`` (found by name and checked before it is called, as
-``http.server`` does with ``do_GET``); the table also says which commands
-are for admins only, so that check is made once, here, for all of them.
+Each command is a method ``do_<name>`` of ``commands.Commands``, which
+the room mixes in, run for the row ``name`` of ``protocol.COMMANDS`` (found
+by name and checked before it is called, as ``http.server`` does with
+``do_GET``); the table also says which commands are for admins only, so
+that check is made once, there, for all of them.
 
-Lock discipline, for the whole module: one lock, ``Room._lock``, guards
-everything the room holds: the registry, every member's state, the queue
-of announcements. Every public method takes it for its whole run, so each
+Lock discipline, for the room and everything it uses (members.py,
+commands.py, memory.py): one lock, ``Room._lock``, guards everything the
+room holds: the registry, every member's state, the queue of
+announcements, the history, the seats kept. Every public method takes it for its whole run, so each
 command happens at once for everyone (a late joiner sees a line either in
 full or not at all, and "left" never comes before "joined"). With the lock
 held the room only *queues* lines (:meth:`Link.put` must not block or
@@ -39,75 +45,19 @@ import time
 from typing import (Callable, Dict, Iterator, List, Optional, Sequence, Set,
                     Tuple)
 
-try:
-    from typing import Protocol
-except ImportError:  # Python 3.7; the room still works, untyped
-    Protocol = object  # type: ignore[assignment,misc]
-
 import config
 import memory
 import protocol
-from protocol import Command, Frame
+from commands import Commands
+# The states and Member are the room's vocabulary; importers of the room
+# find them here too.
+from members import (DETACHED, GONE, JOINING, ONLINE, Address,  # noqa: F401
+                     Link, Member)
+from protocol import Frame
 
 log = logging.getLogger("chat")
 
-Address = Tuple  # (host, port) for IPv4, (host, port, flow, scope) for IPv6
-
-# A member's states; it moves down this list, but for DETACHED, which goes
-# back to ONLINE when its user resumes.
-JOINING = "joining"   # connected, choosing a nickname
-ONLINE = "online"     # in the registry: can talk and be talked to
-DETACHED = "detached"  # its connection dropped: the seat is kept a while
-GONE = "gone"         # left, kicked, or out of time: hears nothing more
-
-
-class Link(Protocol):
-    """What the room needs of a connection. ``server.py``'s is an
-    ``outbox.Outbox``; the unit tests have a fake one."""
-
-    def put(self, data: bytes, last: bool = False) -> None:
-        """Queue encoded lines, without blocking; with ``last``, nothing
-        queued later is taken. Never raises."""
-
-    def flush(self) -> None:
-        """Start sending what is queued, without blocking."""
-
-    def close(self) -> None:
-        """End the connection once what is queued has been sent."""
-
-
-def format_address(address: Address) -> str:
-    """``127.0.0.1:4321`` or ``[::1]:4321``; an IPv4 client of a
-    dual-stack server (``::ffff:127.0.0.1``) is shown as IPv4."""
-    host, port = address[0], address[1]
-    if host.startswith("::ffff:") and "." in host:
-        host = host[len("::ffff:"):]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-class Member:
-    """One connection's place in the room: its link and its chat state.
-    Every field is guarded by the room's lock."""
-
-    def __init__(self, link: Link, address: Address) -> None:
-        self.link = link
-        self.address = address
-        self.name = format_address(address)  # for the log
-        self.state = JOINING
-        self.nick = ""
-        self.partner: Optional[Member] = None
-        self.is_admin = False
-        self.admin_tries = 0
-        self.close_reason = ""  # why the connection ended, for the log
-        self.seat_id = ""       # with secret: the resume token
-        self.secret = ""
-        self.keep_until = 0.0   # DETACHED: when the seat is given up
-
-    def __repr__(self) -> str:
-        return f"<Member {self.nick or '?'} {self.name} {self.state}>"
-
-
-class Room:
+class Room(Commands):
     """The chat room.
 
     ``on_shutdown(reason)`` is called (with the lock held: it must only
@@ -516,131 +466,7 @@ class Room:
             start = end
         events.clear()
 
-    # -- Commands
-
-    def _run(self, member: Member, line: str) -> None:
-        """Run one line as a command."""
-        if not line.strip():
-            return
-        try:
-            command = protocol.parse_command(line)
-        except protocol.CommandError as error:
-            self._refuse(member, protocol.format_error(str(error)))
-            return
-        spec = protocol.COMMANDS_BY_NAME[command.name]
-        handler = getattr(self, "do_" + command.name, None)
-        if handler is None:
-            self._refuse(member, protocol.format_error(
-                f"{spec.flag} is not available on this server"))
-            return
-        if spec.admin_only and not member.is_admin:
-            self._refuse(member, protocol.format_admin_only(spec.admin_only))
-            return
-        log.debug("%s: -%s", member.nick, command.name)
-        handler(member, command)
-
-    def do_say(self, member: Member, command: Command) -> None:
-        """A plain line: to the partner if there is one, else to all."""
-        partner = member.partner
-        if partner is None:
-            self._say_to_all(member, command.text)
-        elif partner.state not in (ONLINE, DETACHED):
-            self._refuse(member, protocol.format_partner_gone(partner.nick))
-        else:
-            self._send(partner, protocol.format_private(member.nick,
-                                                        command.text))
-
-    def do_to(self, member: Member, command: Command) -> None:
-        target = self._find_other(member, command.target)
-        if target is None:
-            return
-        if command.text:
-            self._send(target, protocol.format_private(member.nick,
-                                                       command.text))
-        else:
-            member.partner = target
-            self._send(member, protocol.format_partner(target.nick))
-
-    def do_all(self, member: Member, command: Command) -> None:
-        if command.text:
-            self._say_to_all(member, command.text)
-        else:
-            member.partner = None
-            self._send(member, protocol.format_everyone())
-
-    def do_users(self, member: Member, command: Command) -> None:
-        self._send(member, self._format_users(list(self._by_key.values()),
-                                              member))
-
-    def do_history(self, member: Member, command: Command) -> None:
-        """``-history [N]``: the last N public lines, 20 by default."""
-        count = config.DEFAULT_HISTORY
-        if command.text:
-            if not command.text.isdigit() or int(command.text) < 1:
-                self._refuse(member, protocol.format_error(
-                    "usage: -history [N], N a number of lines"))
-                return
-            count = int(command.text)
-        lines = self._history.replay(min(count,
-                                         self.settings.history_keep))
-        self._send(member, *(lines or [protocol.format_no_history()]))
-
-    def do_help(self, member: Member, command: Command) -> None:
-        self._send(member, *protocol.format_help())
-
-    def do_exit(self, member: Member, command: Command) -> None:
-        self._send(member, protocol.format_goodbye(member.nick), last=True)
-        self._leave(member)
-        member.state = GONE
-        member.link.close()
-
-    def do_resume(self, member: Member, command: Command) -> None:
-        # Resuming happens at the nickname prompt (see _choose_nick).
-        self._refuse(member, protocol.format_already_joined())
-
-    def do_admin(self, member: Member, command: Command) -> None:
-        if member.is_admin:
-            self._send(member, protocol.format_admin_granted())
-            return
-        if member.admin_tries >= config.ADMIN_MAX_TRIES:
-            self._refuse(member, protocol.format_admin_locked())
-            return
-        if self.check_password(command.target):
-            member.is_admin = True
-            log.info("%s (%s) is now an admin", member.nick, member.name)
-            self._send(member, protocol.format_admin_granted())
-            return
-        member.admin_tries += 1
-        log.warning("%s (%s): wrong admin password, try %d of %d",
-                    member.nick, member.name, member.admin_tries,
-                    config.ADMIN_MAX_TRIES)
-        self._send(member, protocol.format_admin_refused(
-            config.ADMIN_MAX_TRIES - member.admin_tries))
-
-    def do_kick(self, member: Member, command: Command) -> None:
-        target = self._find_other(member, command.target)
-        if target is None:
-            return
-        reason = command.text
-        log.info("%s (%s) kicked %s (%s)%s", member.nick, member.name,
-                 target.nick, target.name, f": {reason}" if reason else "")
-        target.close_reason = f"kicked by {member.nick}"
-        self._send(target, protocol.format_you_were_kicked(member.nick,
-                                                           reason),
-                   last=True)
-        self._remove(target)
-        target.state = GONE
-        target.link.close()
-        self._send_events()  # what is batched happened first
-        self._broadcast(protocol.format_kicked(target.nick, member.nick,
-                                               reason), record=True)
-
-    def do_down(self, member: Member, command: Command) -> None:
-        if self._closed:
-            return  # another admin was quicker
-        reason = f"by admin {member.nick}"
-        self._close_room(reason)
-        self._on_shutdown(reason)
+    # -- Closing
 
     def _close_room(self, reason: str) -> None:
         """Give every connection the shutdown notice as its last line, and
@@ -653,22 +479,3 @@ class Room:
             self._touched.add(other.link)
         if self._transcript is not None:
             self._transcript(self._history.record(text), text)
-
-    # -- Helpers for commands
-
-    def _find_other(self, member: Member, nick: str) -> Optional[Member]:
-        """The online user ``nick``, not oneself; or None, after telling
-        the member why."""
-        target = self._by_key.get(protocol.nick_key(nick))
-        if target is None:
-            self._refuse(member, protocol.format_no_such_user(nick))
-        elif target is member:
-            self._refuse(member, protocol.format_not_yourself())
-        else:
-            return target
-        return None
-
-    def _say_to_all(self, member: Member, text: str) -> None:
-        if not self._broadcast(protocol.format_message(member.nick, text),
-                               exclude=member, record=True):
-            self._refuse(member, protocol.format_nobody_else())

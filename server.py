@@ -39,7 +39,8 @@ import transport
 from config import ServerConfig
 from outbox import Outbox
 from protocol import Frame
-from room import GONE, Address, Member, Room, format_address
+from members import GONE, Address, Member, format_address
+from room import Room
 from transcript import Transcript
 
 __all__ = ["ChatServer", "ServerConfig", "main"]

@@ -1,0 +1,69 @@
+"""Who is in the room, one connection at a time: a :class:`Member` (its
+state, nickname, partner, rights), the :class:`Link` through which the room
+reaches its connection, and the states a member goes through. No sockets,
+no lock: every field is guarded by the room's lock (see room.py).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+try:
+    from typing import Protocol
+except ImportError:  # Python 3.7; the room still works, untyped
+    Protocol = object  # type: ignore[assignment,misc]
+
+Address = Tuple  # (host, port) for IPv4, (host, port, flow, scope) for IPv6
+
+# A member's states; it moves down this list, but for DETACHED, which goes
+# back to ONLINE when its user resumes.
+JOINING = "joining"   # connected, choosing a nickname
+ONLINE = "online"     # in the registry: can talk and be talked to
+DETACHED = "detached"  # its connection dropped: the seat is kept a while
+GONE = "gone"         # left, kicked, or out of time: hears nothing more
+
+
+class Link(Protocol):
+    """What the room needs of a connection. ``server.py``'s is an
+    ``outbox.Outbox``; the unit tests have a fake one."""
+
+    def put(self, data: bytes, last: bool = False) -> None:
+        """Queue encoded lines, without blocking; with ``last``, nothing
+        queued later is taken. Never raises."""
+
+    def flush(self) -> None:
+        """Start sending what is queued, without blocking."""
+
+    def close(self) -> None:
+        """End the connection once what is queued has been sent."""
+
+
+def format_address(address: Address) -> str:
+    """``127.0.0.1:4321`` or ``[::1]:4321``; an IPv4 client of a
+    dual-stack server (``::ffff:127.0.0.1``) is shown as IPv4."""
+    host, port = address[0], address[1]
+    if host.startswith("::ffff:") and "." in host:
+        host = host[len("::ffff:"):]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Member:
+    """One connection's place in the room: its link and its chat state.
+    Every field is guarded by the room's lock."""
+
+    def __init__(self, link: Link, address: Address) -> None:
+        self.link = link
+        self.address = address
+        self.name = format_address(address)  # for the log
+        self.state = JOINING
+        self.nick = ""
+        self.partner: Optional[Member] = None
+        self.is_admin = False
+        self.admin_tries = 0
+        self.close_reason = ""  # why the connection ended, for the log
+        self.seat_id = ""       # with secret: the resume token
+        self.secret = ""
+        self.keep_until = 0.0   # DETACHED: when the seat is given up
+
+    def __repr__(self) -> str:
+        return f"<Member {self.nick or '?'} {self.name} {self.state}>"
