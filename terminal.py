@@ -29,10 +29,10 @@ Public names:
   (``rewrite_typed``) and keeps a password out of the history
   (``forget_last_line``);
 * :class:`OutputClosed`, raised when nobody reads the output;
-* :func:`sanitize`, :func:`render`, :func:`local_notice` and
-  :func:`wants_colour`, and the styles ``RESET``, ``BOLD``,
-  ``NOTICE_STYLE``, ``ERROR_STYLE``, ``PRIVATE_STYLE`` and
-  ``MENTION_STYLE``;
+* :func:`sanitize`, :func:`render`, :func:`is_history`,
+  :func:`local_notice` and :func:`wants_colour`, and the styles
+  ``RESET``, ``BOLD``, ``NOTICE_STYLE``, ``ERROR_STYLE``,
+  ``PRIVATE_STYLE``, ``MENTION_STYLE`` and ``HISTORY_STYLE``;
 * the screen arithmetic: :func:`char_width`, :func:`text_width`,
   :func:`screen_position`, :func:`screen_rows`, and :class:`InputLine`
   (the prompt and the typed text as on the screen, wrapped: how to clear
@@ -133,6 +133,7 @@ NOTICE_STYLE = "\x1b[36m"        # cyan: the server speaking
 ERROR_STYLE = "\x1b[1;31m"       # bold red: something went wrong
 PRIVATE_STYLE = "\x1b[35m"       # magenta: for your eyes only
 MENTION_STYLE = "\x1b[1;33;4m"   # bold yellow underlined: your nickname
+HISTORY_STYLE = "\x1b[2m"        # dim: said before you came, not live
 
 
 def _highlight_mentions(text: str, my_nick: str, base: str) -> str:
@@ -146,17 +147,28 @@ def _highlight_mentions(text: str, my_nick: str, base: str) -> str:
                        text)
 
 
+def is_history(line: str) -> bool:
+    """True for a line the server replays from its history (``* [history
+    14:02] alice: hello``) and for the line that ends a replay."""
+    return (protocol.history_line(line) is not None
+            or line == protocol.format_history_end())
+
+
 def render(line: str, my_nick: str, colour: bool) -> str:
     """The text to print for one line from the server.
 
     The line is sanitised first. With ``colour``, notices, errors and
     private messages each get their own colour, the sender of a public
     message is bold, and ``my_nick`` is highlighted where someone else
-    mentions it. Without colour the sanitised line is returned as it is.
+    mentions it. History (:func:`is_history`) is dim, all of it: it was
+    said before, so a mention in it is old news. Without colour the
+    sanitised line is returned as it is.
     """
     text = sanitize(line)
     if not colour:
         return text
+    if is_history(text):
+        return HISTORY_STYLE + text + RESET
     parsed = protocol.parse_server_line(text)
     if parsed.kind == "notice":
         return NOTICE_STYLE + text + RESET

@@ -24,7 +24,8 @@ import pytest
 
 import protocol
 from helpers import ADMIN_PASSWORD, DEADLINE, ROOT, wait_until
-from terminal import MENTION_STYLE, PRIVATE_STYLE, RESET, char_width
+from terminal import (HISTORY_STYLE, MENTION_STYLE, PRIVATE_STYLE, RESET,
+                      char_width)
 
 fcntl = pytest.importorskip("fcntl", reason="needs Unix pseudo-terminals")
 termios = pytest.importorskip("termios", reason="needs Unix pseudo-terminals")
@@ -481,6 +482,27 @@ def test_colours_on_a_terminal(spawn, server, clients) -> None:
     bob.send("-to alice psst alice")
     alice.expect(PRIVATE_STYLE + "[private] bob: psst "
                  + MENTION_STYLE + "alice" + RESET)
+
+
+def test_history_is_dim_and_apart_from_live_lines(spawn, make_server,
+                                                  clients) -> None:
+    server = make_server(history=20, resume_grace=60)
+    bob = clients(server, "bob")
+    bob.send("-all hi alice, -to bob when you are here")
+    alice = spawn("--nick", "alice", port=server.address[1], NO_COLOR=None)
+    said = re.escape("bob: hi alice, -to bob when you are here")
+    replay = alice.expect(protocol.format_history_end() + RESET)
+    assert re.search(re.escape(HISTORY_STYLE) + r"\* \[history \d\d:\d\d\] "
+                     + said + re.escape(RESET), replay)
+    assert MENTION_STYLE not in replay  # old news, not a mention
+    alice.expect("[everyone]> ")
+    bob.send("-all hi alice")  # said now: a mention
+    alice.expect("hi " + MENTION_STYLE + "alice" + RESET)
+    alice.write("-history 1\r")
+    alice.expect(HISTORY_STYLE + "* [history ")
+    alice.expect("bob: hi alice" + RESET)
+    alice.expect(HISTORY_STYLE + protocol.format_history_end() + RESET)
+    alice.expect("[everyone]> ")
 
 
 # --- Leaving -----------------------------------------------------------------
