@@ -13,12 +13,22 @@ Ctrl+C, SIGTERM or the end of piped input make it leave politely
 (:func:`leave`). The *reader thread* (:func:`read_from_server`) receives
 lines from the server and prints them. It also passes on what the main
 thread needs to know (:class:`ChatState`: who plain lines go to, and
-whether the server has answered a ``-to``); and if the server goes away,
-it ends the whole program, since the main thread is stuck in ``input()``.
+whether the server has answered a ``-to``); and if the server ends the
+chat, it ends the whole program, since the main thread is stuck in
+``input()``.
 
 Before that comes joining: :func:`connect` opens the :class:`Connection`,
 and :func:`register` agrees on a nickname with the server, asking you at a
 ``nickname> `` prompt when needed.
+
+A connection can also drop by accident. The server then keeps your seat
+for a while, with the lines that come for you, and it gave you a secret
+token on joining to claim the seat back. So the reader thread connects
+again by itself and says ``-resume TOKEN`` (:func:`reconnect`,
+:func:`rejoin`); the lines you missed follow, and the chat goes on. Both
+threads use the connection through a :class:`Link`, which the reader
+thread points at the new connection once it is back in the chat; a line
+you type while it is down is not sent, and you are told so.
 
 The screen lives in ``terminal.py``. Both threads print through one
 ``terminal.Terminal``, which owns the screen: it prints each incoming line
@@ -50,12 +60,14 @@ import socket
 import ssl
 import sys
 import threading
-from typing import List, Optional, Tuple
+import time
+from typing import (Callable, Iterable, Iterator, List, NoReturn, Optional,
+                    Tuple)
 
 import protocol
 import transport
-from terminal import (OutputClosed, Terminal, local_notice, render, sanitize,
-                      wants_colour)
+from terminal import (OutputClosed, Terminal, is_history, local_notice, render,
+                      sanitize, wants_colour)
 
 #: Seconds to wait for the TCP connection to be set up, and then again for
 #: the TLS handshake.
@@ -74,6 +86,16 @@ REPLY_TIMEOUT = 1.0
 MAX_SERVER_LINE = 1024 * 1024
 #: Bytes of one endless line we skip before deciding the server is broken.
 MAX_SERVER_DISCARD = 16 * 1024 * 1024
+#: After a lost connection: seconds before the first try to connect again
+#: (the environment variable below may make it shorter, for tests); each
+#: wait after a failed try is twice the one before, up to the longest.
+RECONNECT_FIRST_DELAY = 1.0
+RECONNECT_LONGEST_DELAY = 30.0
+FIRST_DELAY_ENV = "CHAT_RECONNECT_FIRST_DELAY"
+#: Seconds after which we stop trying to reconnect, and end.
+RECONNECT_GIVE_UP = 300.0
+#: Seconds a new connection may be silent while we take our seat back.
+REJOIN_TIMEOUT = 10.0
 
 
 # --- The connection ----------------------------------------------------------
@@ -207,6 +229,11 @@ def connect(host: str, port: int,
 # --- Choosing a nickname -----------------------------------------------------
 
 
+def show_notice(terminal: Terminal, text: str) -> None:
+    """Show a line of the client's own, styled as the server's notices."""
+    terminal.show(render(local_notice(text), "", terminal.colour))
+
+
 #: The prompt for a nickname, under the server's question.
 NICK_PROMPT = "nickname> "
 
@@ -265,9 +292,8 @@ def _first_line(conn: Connection, terminal: Terminal) -> Optional[str]:
         try:
             return conn.read_line()
         except socket.timeout:
-            terminal.show(render(local_notice(
-                "Connected, waiting for the server to answer... (if it uses"
-                " TLS, connect with --tls)"), "", terminal.colour))
+            show_notice(terminal, "Connected, waiting for the server to"
+                        " answer... (if it uses TLS, connect with --tls)")
         finally:
             conn.sock.settimeout(None)
     return conn.read_line()
@@ -329,16 +355,26 @@ def parse_typed(line: str) -> Tuple[Optional[protocol.Command],
     return command, protocol.COMMANDS_BY_NAME[command.name]
 
 
+#: The start of the last line a kicked user gets: "! you were kicked by ".
+_KICKED = protocol.format_you_were_kicked("")
+
+
 class ChatState:
     """What the reader thread learns from the server that the main thread
-    needs too: who plain lines go to, and whether the server answered."""
+    needs too (who plain lines go to, and whether the server answered),
+    and what it needs itself to get back in after a lost connection."""
 
     def __init__(self, nick: str) -> None:
         self.nick = nick
         self.partner = ""  # "" means everyone
         self.replies = 0   # partner confirmations and errors seen so far
-        self.leaving = threading.Event()  # we sent -exit
-        self.closed = threading.Event()   # the reader saw the connection end
+        #: The secret that gets our seat back after a lost connection, as
+        #: the server gave it on joining; None if it gave none. Kept in
+        #: memory only: never shown, never written anywhere.
+        self.token: Optional[str] = None
+        self.shut_down = False  # the server said it is shutting down
+        self.sent_away = False  # kicked, or our seat went to another link
+        self.hint_shown = False  # the commands hint, shown once per run
         self._changed = threading.Condition()
 
     def prompt(self) -> str:
@@ -350,11 +386,32 @@ class ChatState:
         with self._changed:
             return self.partner
 
+    def may_resume(self) -> bool:
+        """True if, the connection lost, we may try to get our seat back:
+        we have a token, and the server did not end the chat for us."""
+        return (self.token is not None and not self.shut_down
+                and not self.sent_away)
+
     def note(self, line: str) -> None:
         """Take in one server line (called by the reader thread). The
         partner changes only when the server confirms it, so a failed
-        ``-to`` leaves it as it was."""
+        ``-to`` leaves it as it was; a first welcome (after reconnecting
+        to a server that had lost our seat) puts it back to everyone, and
+        forgets the token of the lost seat.
+        History is what was said before: it changes nothing now."""
+        if is_history(line):
+            return
+        if protocol.is_shutdown(line):
+            self.shut_down = True
+        if line.startswith(_KICKED) or line == protocol.format_replaced():
+            self.sent_away = True
         change = protocol.partner_change(line)
+        welcomed = protocol.welcomed_nick(line)
+        if welcomed is not None and line == protocol.format_welcome(welcomed):
+            # A new seat: plain lines go to everyone, and the old token is
+            # void (a server that keeps seats sends a new one next).
+            change = ""
+            self.token = None
         if change is None and not line.startswith(protocol.ERROR):
             return
         with self._changed:
@@ -370,20 +427,124 @@ class ChatState:
             self._changed.wait_for(lambda: self.replies != seen, timeout)
 
 
+class NotConnected(OSError):
+    """Raised by :meth:`Link.send_line` while the connection is down."""
+
+
+class Link:
+    """The connection the chat goes through now.
+
+    The main thread sends through it; the reader thread reads from it, and
+    when it is lost, marks it down and puts a new one in its place (see
+    :func:`reconnect`). One lock makes each of these steps, and the user's
+    decision to leave, happen at once for both threads: a line is never
+    sent on a connection that is not back in the chat yet, and a seat is
+    never taken back after the user chose to leave.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self._lock = threading.Lock()
+        self._conn = conn   # the connection in use, or being tried
+        self._up = True     # _conn is in the chat: lines may be sent
+        self.leaving = threading.Event()  # the user is leaving: no reconnect
+        self.ended = threading.Event()    # the reader thread is done
+
+    @property
+    def conn(self) -> Connection:
+        """The connection in use, or being tried."""
+        with self._lock:
+            return self._conn
+
+    def send_line(self, text: str) -> None:
+        """Send one line. Raises NotConnected while the connection is down,
+        OSError if sending fails."""
+        with self._lock:
+            if not self._up:
+                raise NotConnected("not connected")
+            conn = self._conn
+        # Outside the lock: sending may wait for a slow network.
+        conn.send_line(text)
+
+    def lost(self) -> None:
+        """The connection has ended (the reader found out): close it; lines
+        are refused until another one is in the chat."""
+        with self._lock:
+            self._up = False
+            conn = self._conn
+        conn.close()
+
+    def attempt(self, conn: Connection) -> bool:
+        """Take ``conn``, a new connection that is still joining, as the one
+        :meth:`close` closes; False if the user is leaving."""
+        with self._lock:
+            if self.leaving.is_set():
+                return False
+            self._conn = conn
+            return True
+
+    def rejoined(self) -> bool:
+        """The new connection is in the chat: send through it from now on.
+        False if the user chose to leave meanwhile."""
+        with self._lock:
+            if self.leaving.is_set():
+                return False
+            self._up = True
+            return True
+
+    def say_goodbye(self) -> bool:
+        """Note that we are leaving, and send ``-exit``; False if there is
+        no connection to say it on."""
+        with self._lock:
+            self.leaving.set()
+            conn = self._conn if self._up else None
+        if conn is None:
+            return False
+        try:
+            conn.send_line("-exit")
+            return True
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        """Close the connection in use or being tried (which wakes the
+        reader thread if it waits on it)."""
+        self.conn.close()
+
+
 def show_server_line(line: str, terminal: Terminal,
                      state: ChatState) -> None:
-    """Take note of one line from the server, and show it."""
+    """Take note of one line from the server, and show it; but the resume
+    token is for the program, not for the eyes (it is kept, in memory
+    only), and the commands hint is shown once, not again after each
+    reconnect."""
+    token = protocol.resume_token(line)
+    if token is not None:
+        state.token = token
+        return
+    if line == protocol.format_commands_hint():
+        if state.hint_shown:
+            return
+        state.hint_shown = True
     state.note(line)
     terminal.show(render(line, state.nick, terminal.colour))
 
 
-def read_from_server(conn: Connection, terminal: Terminal,
-                     state: ChatState) -> None:
-    """The reader thread: print every line from the server until the
-    connection ends; then, unless we are leaving, end the whole program."""
-    shut_down = False
-    lost = ""
+def _reason(error: BaseException) -> str:
+    """An error as a short phrase: ``Connection reset by peer``."""
+    return getattr(error, "strerror", None) or str(error)
+
+
+#: What :func:`receive` says when the server ended the connection.
+CLOSED_BY_SERVER = "the server closed the connection"
+
+
+def receive(link: Link, terminal: Terminal, state: ChatState) -> str:
+    """Show every line from the link's connection until it ends; return
+    why it ended, as a phrase (:data:`CLOSED_BY_SERVER`, or the error).
+    If nobody reads our output any more, leave, and end the program."""
+    conn = link.conn
     unread = False  # we leave because nobody reads our output
+    problem = CLOSED_BY_SERVER
     try:
         while True:
             line = conn.read_line()
@@ -396,43 +557,66 @@ def read_from_server(conn: Connection, terminal: Terminal,
                 # its line): leave the chat, unless the main thread already
                 # does. The server's goodbye then ends this loop; do not
                 # wait long for it.
-                if not state.leaving.is_set():
+                if not link.leaving.is_set():
                     unread = True
-                    say_goodbye(conn, state)
+                    link.say_goodbye()
                     conn.sock.settimeout(LEAVE_TIMEOUT)  # for recv()
-            shut_down = shut_down or protocol.is_shutdown(line)
     except (OSError, protocol.FramingError) as error:
-        lost = f" ({getattr(error, 'strerror', None) or error})"
+        problem = _reason(error)
     if unread:
-        # As below: the main thread may be blocked reading input, so end
-        # the program from here, quietly (there is nobody to tell).
-        terminal.finish(None)
-        os._exit(1)
-    if state.leaving.is_set():
-        state.closed.set()  # the main thread is waiting for this
-        return
-    # The server went away on its own. The main thread is most likely
-    # blocked in input(), and there is no portable way to wake it up, so we
-    # end the process from here: restore the terminal (readline had changed
-    # its settings and will not get to put them back), flush the output and
-    # exit at once with os._exit(), which does not wait for the main thread.
-    # It is also robust: it works whatever the main thread is doing.
-    if shut_down:
-        terminal.finish(None)  # the server's notice was already printed
-        os._exit(0)
-    if lost:
-        message = "Connection to the server lost" + lost + "."
-    else:
-        message = "Disconnected: the server closed the connection."
-    terminal.finish(render(local_notice(message), "", terminal.colour))
-    os._exit(1)
+        exit_now(terminal, None, 1)  # quietly: there is nobody to tell
+    return problem
 
 
-def start_reader(conn: Connection, terminal: Terminal,
-                 state: ChatState) -> threading.Thread:
+def exit_now(terminal: Terminal, message: Optional[str],
+             status: int) -> NoReturn:
+    """End the program from the reader thread, showing ``message`` last.
+
+    The main thread is most likely blocked in input(), and there is no
+    portable way to wake it up, so we end the process from here: restore
+    the terminal (readline had changed its settings and will not get to
+    put them back), flush the output and exit at once with os._exit(),
+    which does not wait for the main thread. It is also robust: it works
+    whatever the main thread is doing.
+    """
+    terminal.finish(render(local_notice(message), "", terminal.colour)
+                    if message else None)
+    os._exit(status)
+
+
+def read_from_server(link: Link, terminal: Terminal, state: ChatState,
+                     dial: Optional[Callable[[], Connection]]) -> None:
+    """The reader thread: show every line from the server. When the
+    connection is lost, get back in through a new one from ``dial()`` (see
+    :func:`reconnect`), if we may (:meth:`ChatState.may_resume`). When
+    the chat ends for good, end the whole program, unless the user is
+    leaving (the main thread ends it then)."""
+    while True:
+        problem = receive(link, terminal, state)
+        link.lost()
+        if link.leaving.is_set():
+            break
+        if state.shut_down:
+            exit_now(terminal, None, 0)  # the server's notice said it all
+        if dial is None or not state.may_resume():
+            exit_now(terminal, f"Disconnected: {problem}.", 1)
+        try:
+            if not reconnect(link, dial, terminal, state, problem):
+                break  # the user left while we were reconnecting
+        except JoinError as error:
+            exit_now(terminal, f"Could not reconnect: {error}.", 1)
+        except OutputClosed:
+            exit_now(terminal, None, 1)  # nobody reads us: no use going on
+    link.ended.set()  # leave() waits for this
+
+
+def start_reader(link: Link, terminal: Terminal, state: ChatState,
+                 dial: Optional[Callable[[], Connection]] = None,
+                 ) -> threading.Thread:
     """Start the reader thread (see read_from_server)."""
     reader = threading.Thread(target=read_from_server, name="reader",
-                              args=(conn, terminal, state), daemon=True)
+                              args=(link, terminal, state, dial),
+                              daemon=True)
     # The kernel hands a signal to any thread that does not block it. Ctrl+C
     # (SIGINT), like SIGTERM, must reach the main thread: only there does it
     # interrupt input(). Window resizes (SIGWINCH) belong to readline, also
@@ -463,10 +647,16 @@ def show_help(terminal: Terminal) -> None:
 LOCAL_COMMANDS = {"help": show_help}
 
 
-def handle_line(line: str, conn: Connection, terminal: Terminal,
+#: Shown for a line typed while the connection is down.
+NOT_SENT = "Not sent: no connection to the server (reconnecting...)"
+
+
+def handle_line(line: str, link: Link, terminal: Terminal,
                 state: ChatState) -> bool:
     """Act on one typed line; False when the user asked to leave. What the
-    client does with a command is said by its row of the command table."""
+    client does with a command is said by its row of the command table.
+    While the connection is down, a line is not sent, and the user is told
+    so (it is not kept for later: by then it may not fit the talk)."""
     if not line.strip():
         return True  # nothing to say
     command, spec = parse_typed(line)
@@ -483,13 +673,19 @@ def handle_line(line: str, conn: Connection, terminal: Terminal,
     changes_partner = (action == protocol.ROUTE and command is not None
                        and not command.text)
     seen = state.replies
-    conn.send_line(line)
+    try:
+        link.send_line(line)
+    except OSError:
+        # The reader thread finds out too, and reconnects (or ends the
+        # program): this line is lost, and the user must know it.
+        show_notice(terminal, NOT_SENT)
+        return True
     if changes_partner:
         state.wait_for_reply(seen, REPLY_TIMEOUT)
     return True
 
 
-def chat(conn: Connection, terminal: Terminal, state: ChatState) -> None:
+def chat(link: Link, terminal: Terminal, state: ChatState) -> None:
     """The main loop: read lines from the user and send them, until the
     user leaves (``-exit``, Ctrl+D, Ctrl+C, or the end of piped input)."""
     try:
@@ -503,28 +699,149 @@ def chat(conn: Connection, terminal: Terminal, state: ChatState) -> None:
             echo = echo_for(line, prompt, state.current_partner())
             if echo is not None:
                 terminal.rewrite_typed(echo)
-            if not handle_line(line, conn, terminal, state):
+            if not handle_line(line, link, terminal, state):
                 return
     except KeyboardInterrupt:
         return
 
 
-def say_goodbye(conn: Connection, state: ChatState) -> bool:
-    """Send -exit (and note that we are leaving); False if the connection
-    is already gone."""
-    state.leaving.set()
-    try:
-        conn.send_line("-exit")
-        return True
-    except OSError:
-        return False
-
-
-def leave(conn: Connection, state: ChatState) -> None:
+def leave(link: Link) -> None:
     """Say goodbye: send -exit and wait briefly for the server to answer
-    and close the connection (the reader thread prints the goodbye)."""
-    if say_goodbye(conn, state):
-        state.closed.wait(LEAVE_TIMEOUT)
+    and close the connection (the reader thread prints the goodbye). With
+    the connection down, just stop the reader thread from reconnecting."""
+    if link.say_goodbye():
+        link.ended.wait(LEAVE_TIMEOUT)
+
+
+# --- Getting back in after a lost connection ---------------------------------
+#
+# A connection can drop without anyone wanting it to: a laptop's Wi-Fi
+# changes, a router restarts. The server keeps the seat of a user whose
+# connection dropped for a while (--resume-grace), with the lines that
+# came for them, and gave each user a token on joining to claim it back.
+# So the reader thread connects again, says "-resume TOKEN" where the
+# nickname is asked, and the chat goes on: the server sends what was
+# missed, then live lines. It tries again and again, waiting longer after
+# each failure (so that a restarting server is not flooded), until
+# RECONNECT_GIVE_UP.
+
+
+def backoff_delays(first: float = RECONNECT_FIRST_DELAY,
+                   longest: float = RECONNECT_LONGEST_DELAY,
+                   give_up: float = RECONNECT_GIVE_UP) -> Iterator[float]:
+    """The seconds to wait before each try to reconnect: ``first``, then
+    twice the wait before, but never more than ``longest``; they add up
+    to ``give_up`` and stop there (the last one is cut short to fit).
+    With the defaults: 1, 2, 4, 8, 16, 30, 30, ..., 30, 29."""
+    if first <= 0:
+        raise ValueError("the first delay must be positive")
+    total = 0.0
+    delay = min(first, longest)
+    while total < give_up:
+        step = min(delay, give_up - total)
+        yield step
+        total += step
+        delay = min(delay * 2, longest)
+
+
+def first_delay() -> float:
+    """Seconds before the first try: :data:`RECONNECT_FIRST_DELAY`, or
+    what the environment variable ``CHAT_RECONNECT_FIRST_DELAY`` says (the
+    tests make it short), if that is a number of seconds from more than 0
+    up to :data:`RECONNECT_LONGEST_DELAY`."""
+    try:
+        seconds = float(os.environ.get(FIRST_DELAY_ENV, ""))
+    except ValueError:
+        return RECONNECT_FIRST_DELAY
+    if 0 < seconds <= RECONNECT_LONGEST_DELAY:  # False for NaN, too
+        return seconds
+    return RECONNECT_FIRST_DELAY
+
+
+def reconnect(link: Link, dial: Callable[[], Connection], terminal: Terminal,
+              state: ChatState, problem: str,
+              delays: Optional[Iterable[float]] = None) -> bool:
+    """Get back in the chat after the connection was lost (``problem``
+    says how): wait, connect with ``dial()``, take the seat back
+    (:func:`rejoin`); on failure wait longer, as ``delays`` says
+    (:func:`backoff_delays` by default), and try again.
+
+    Returns True once back in, with ``link`` going through the new
+    connection; False if the user left meanwhile. Raises JoinError when
+    it gives up: after :data:`RECONNECT_GIVE_UP` seconds, or when the
+    server has forgotten the seat and refuses our nickname.
+    """
+    show_notice(terminal, f"Connection lost ({problem}); reconnecting...")
+    deadline = time.monotonic() + RECONNECT_GIVE_UP
+    for delay in backoff_delays(first_delay()) if delays is None else delays:
+        # Tries take time too: the waits must not carry us past the end.
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        if link.leaving.wait(min(delay, left)):
+            return False  # Ctrl+C, Ctrl+D or -exit while we wait
+        try:
+            conn = dial()
+        except OSError as error:
+            problem = str(error)
+            continue
+        if not link.attempt(conn):
+            conn.close()
+            return False
+        try:
+            rejoin(conn, terminal, state)
+        except (OSError, protocol.FramingError) as error:
+            conn.close()
+            problem = _reason(error)
+            continue  # worth another try (if the user left, we stop there)
+        except JoinError:
+            conn.close()
+            raise
+        if link.rejoined():
+            return True
+        # The user chose to leave while we were taking the seat back: leave
+        # it, or the server would keep it for nobody.
+        try:
+            conn.send_line("-exit")
+        except OSError:
+            pass
+        return False
+    raise JoinError(f"gave up after {RECONNECT_GIVE_UP:g} s; the last try:"
+                    f" {problem}")
+
+
+def rejoin(conn: Connection, terminal: Terminal, state: ChatState) -> None:
+    """Take our seat back on a new connection: answer the nickname prompt
+    with ``-resume TOKEN``. A server that does not know the token (it has
+    restarted, or we were away longer than it keeps seats) asks for a
+    nickname again: then join again, under the same nickname.
+
+    Returns once the server has welcomed us (the welcome is shown; what
+    follows it, such as the lines missed while away, is left for the
+    reader to show). Raises JoinError if the nickname is refused, and
+    OSError if the connection fails or the server is silent for
+    :data:`REJOIN_TIMEOUT` seconds: worth another try.
+    """
+    # What to say at each nickname prompt, in turn.
+    answers = [f"-resume {state.token}", state.nick]
+    conn.sock.settimeout(REJOIN_TIMEOUT)
+    while True:
+        line = conn.read_line()
+        if line is None:
+            raise ConnectionError(CLOSED_BY_SERVER)
+        if protocol.welcomed_nick(line) is not None:
+            conn.sock.settimeout(None)  # from now on, wait as long as it takes
+            show_server_line(line, terminal, state)
+            return
+        if line == protocol.format_nick_prompt() and answers:
+            conn.send_line(answers.pop(0))
+        elif line == protocol.format_resume_refused():
+            show_notice(terminal, (
+                f"The server did not keep your seat (it may have restarted):"
+                f" joining again as {state.nick}; what was sent to you"
+                f" meanwhile is lost."))
+        elif line.startswith(protocol.ERROR) and not answers:
+            raise JoinError(sanitize(line[len(protocol.ERROR):]))
 
 
 # --- Command line ------------------------------------------------------------
@@ -618,18 +935,26 @@ def main(argv: Optional[List[str]] = None) -> int:
         if tls_context is not None:
             checked = ("but the server's identity was NOT checked"
                        if args.insecure else "server certificate checked")
-            terminal.show(render(local_notice(
+            show_notice(terminal, (
                 f"Connected to {format_address(args.host, args.port)} over"
-                f" TLS ({checked})."), "", terminal.colour))
-        return run(conn, terminal, args.nick)
+                f" TLS ({checked})."))
+
+        def dial() -> Connection:
+            """A new connection to the same server, the same way."""
+            return connect(args.host, args.port, tls_context)
+
+        return run(conn, terminal, args.nick, dial)
     except OutputClosed:
         return 1  # nobody reads our output, and we are not in the chat yet
     finally:
         conn.close()
 
 
-def run(conn: Connection, terminal: Terminal, nick: Optional[str]) -> int:
-    """Join the chat, then chat until the user leaves; the exit status."""
+def run(conn: Connection, terminal: Terminal, nick: Optional[str],
+        dial: Optional[Callable[[], Connection]] = None) -> int:
+    """Join the chat, then chat until the user leaves; the exit status.
+    ``dial()`` opens a new connection to the same server, to get back in
+    after a lost one; without it, a lost connection ends the program."""
     if nick is None and not terminal.interactive:
         nick = terminal.read_line("")  # piped: the first line is the nick
         if nick is None:
@@ -645,6 +970,7 @@ def run(conn: Connection, terminal: Terminal, nick: Optional[str]) -> int:
     if nick is None:
         return 0
     state = ChatState(nick)
+    link = Link(conn)
     reader: Optional[threading.Thread] = None
     try:
         try:
@@ -652,27 +978,21 @@ def run(conn: Connection, terminal: Terminal, nick: Optional[str]) -> int:
             # online) are shown now, so that the first prompt comes after.
             for line in conn.take_received():
                 show_server_line(line, terminal, state)
-            reader = start_reader(conn, terminal, state)
-            chat(conn, terminal, state)
+            reader = start_reader(link, terminal, state, dial)
+            chat(link, terminal, state)
         except OutputClosed:
             # Nobody reads our output any more (it is a pipe whose reader
             # has ended): leave the chat now, quietly. The reader thread
             # takes the server's goodbye (to the null device) and tells
             # leave() that it came.
             if reader is None:
-                reader = start_reader(conn, terminal, state)
-        leave(conn, state)
-    except OSError:
-        # Sending failed: the connection is gone. The reader thread finds
-        # out too and ends the program with the right message.
-        if reader is not None:
-            reader.join(LEAVE_TIMEOUT)
-        return fail("connection lost")
+                reader = start_reader(link, terminal, state, dial)
+        leave(link)
     except KeyboardInterrupt:
         pass  # Ctrl+C again while leaving: do not wait any longer
     # Closing the socket wakes the reader thread if it is still waiting;
     # wait for it, so that it is not cut off halfway through printing.
-    conn.close()
+    link.close()
     if reader is not None:
         reader.join(LEAVE_TIMEOUT)
     return 1 if terminal.output_closed else 0

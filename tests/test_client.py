@@ -1,6 +1,7 @@
 """Unit tests for client.py and terminal.py: the sanitiser, rendering, and
 the small pieces of state that need no terminal (prompt, partner tracking,
-connect errors)."""
+the resume token, connect errors, and the steps of reconnecting, against a
+server played by hand over a socket pair)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,18 @@ import ctypes
 import io
 import os
 import socket
-from typing import Tuple
+import threading
+from typing import Callable, List, Tuple
 
 import pytest
 
 import client
 import protocol
-from terminal import (BOLD, ERROR_STYLE, MENTION_STYLE, NOTICE_STYLE,
-                      PRIVATE_STYLE, RESET, InputLine, OutputClosed, Terminal,
-                      _ESCAPE_SEQUENCE_RE, render, sanitize, screen_position,
-                      screen_rows, text_width, wants_colour)
+from terminal import (BOLD, ERROR_STYLE, HISTORY_STYLE, MENTION_STYLE,
+                      NOTICE_STYLE, PRIVATE_STYLE, RESET, InputLine,
+                      OutputClosed, Terminal, _ESCAPE_SEQUENCE_RE, render,
+                      sanitize, screen_position, screen_rows, text_width,
+                      wants_colour)
 
 ESC = "\x1b"
 
@@ -136,7 +139,7 @@ def test_each_kind_has_its_own_colour() -> None:
     assert styles["private"].startswith(PRIVATE_STYLE)
     assert styles["message"].startswith(BOLD + "bob" + RESET)
     assert len({NOTICE_STYLE, ERROR_STYLE, PRIVATE_STYLE,
-                MENTION_STYLE, BOLD}) == 5
+                MENTION_STYLE, BOLD, HISTORY_STYLE}) == 6
 
 
 def test_mention_of_my_nick_is_highlighted() -> None:
@@ -183,6 +186,60 @@ def test_a_peer_cannot_forge_a_notice_colour() -> None:
     # A nickname cannot start with "*", so "bob: * x" stays a message.
     rendered = render("bob: * fake notice", "alice", colour=True)
     assert rendered.startswith(BOLD)
+
+
+# --- history ----------------------------------------------------------------
+
+
+HISTORY = [
+    protocol.format_history("14:02", "bob: hi alice, you there?"),
+    protocol.format_history("14:03", protocol.format_joined("carol")),
+    protocol.format_history_end(),
+]
+
+
+@pytest.mark.parametrize("line", HISTORY)
+def test_history_is_dim_with_colour(line: str) -> None:
+    rendered = render(line, "alice", colour=True)
+    assert rendered == HISTORY_STYLE + line + RESET
+
+
+@pytest.mark.parametrize("line", HISTORY)
+def test_history_without_colour_is_the_line(line: str) -> None:
+    assert render(line, "alice", colour=False) == line
+
+
+def test_a_mention_in_history_is_not_highlighted() -> None:
+    rendered = render(HISTORY[0], "alice", colour=True)
+    assert MENTION_STYLE not in rendered
+    # The same words said now are a mention.
+    assert MENTION_STYLE in render("bob: hi alice, you there?", "alice",
+                                   colour=True)
+
+
+def test_only_history_is_dim() -> None:
+    for line in (*LINES.values(), protocol.format_no_history(),
+                 "bob: * [history 14:02] forged"):
+        assert HISTORY_STYLE not in render(line, "alice", colour=True)
+
+
+def test_history_is_sanitised_too() -> None:
+    line = protocol.format_history("14:02", "bob: \x1b]0;pwned\x07hi")
+    assert render(line, "alice", colour=True) == (
+        HISTORY_STYLE + "* [history 14:02] bob: hi" + RESET)
+
+
+def test_history_is_not_taken_as_live() -> None:
+    state = client.ChatState("alice")
+    state.note(protocol.format_partner("bob"))
+    replies = state.replies
+    for said in (protocol.format_everyone(), protocol.format_shutdown(),
+                 protocol.format_welcome("alice"),
+                 protocol.format_you_were_kicked("bob")):
+        state.note(protocol.format_history("14:02", said))
+    assert state.prompt() == "[to bob]> "
+    assert state.replies == replies
+    assert not state.shut_down and not state.sent_away
 
 
 # --- colour choice -----------------------------------------------------------
@@ -516,3 +573,480 @@ def test_bad_port_is_refused(capsys) -> None:
     with pytest.raises(SystemExit):
         client.parse_args(["--port", "70000"])
     assert "port" in capsys.readouterr().err
+
+
+# --- The resume token --------------------------------------------------------
+
+
+def _screen() -> Tuple[Terminal, io.StringIO]:
+    out = io.StringIO()
+    return Terminal(interactive=False, colour=False, out=out), out
+
+
+TOKEN = "93dacfbdf57e.kVfas5p5kfEtr-ZglxkLSWBG"
+
+
+def test_the_token_is_kept_and_not_shown() -> None:
+    terminal, out = _screen()
+    state = client.ChatState("alice")
+    assert state.token is None and not state.may_resume()
+    client.show_server_line(protocol.format_resume_token(TOKEN), terminal,
+                            state)
+    assert state.token == TOKEN
+    assert state.may_resume()
+    assert out.getvalue() == ""
+
+
+@pytest.mark.parametrize("line", [
+    f"bob: * Resume token: {TOKEN} (if your connection drops)",
+    f"[private] bob: * Resume token: {TOKEN} (x)",
+    protocol.format_history("14:02", f"Resume token: {TOKEN} (x)"),
+])
+def test_only_the_servers_token_line_is_taken(line: str) -> None:
+    terminal, out = _screen()
+    state = client.ChatState("alice")
+    client.show_server_line(line, terminal, state)
+    assert state.token is None
+    assert out.getvalue() == line + "\n"
+
+
+def test_the_commands_hint_is_shown_once() -> None:
+    terminal, out = _screen()
+    state = client.ChatState("alice")
+    for _ in range(2):  # on joining, then again on getting back in
+        client.show_server_line(protocol.format_commands_hint(), terminal,
+                                state)
+    assert out.getvalue() == protocol.format_commands_hint() + "\n"
+
+
+@pytest.mark.parametrize("last_word", [
+    protocol.format_shutdown("maintenance"),
+    protocol.format_you_were_kicked("bob", "enough"),
+    protocol.format_replaced(),
+])
+def test_no_resume_once_the_server_ended_the_chat(last_word: str) -> None:
+    state = client.ChatState("alice")
+    state.token = TOKEN
+    state.note(last_word)
+    assert not state.may_resume()
+
+
+def test_a_typed_resume_has_its_token_starred_out() -> None:
+    assert client.echo_for(f"-resume {TOKEN}", "[everyone]> ", "") == \
+        "-resume ********"
+    spec = protocol.COMMANDS_BY_NAME["resume"]
+    assert spec.client == protocol.HIDE  # so handle_line forgets it too
+
+
+def test_a_new_welcome_resets_the_partner_a_welcome_back_does_not() -> None:
+    state = client.ChatState("alice")
+    state.note(protocol.format_partner("bob"))
+    state.note(protocol.format_welcome_back("alice"))
+    assert state.prompt() == "[to bob]> "
+    assert state.token is None
+    state.token = TOKEN
+    state.note(protocol.format_welcome_back("alice"))
+    assert state.token == TOKEN  # the seat, and its token, are the same
+    state.note(protocol.format_welcome("alice"))
+    assert state.prompt() == "[everyone]> "
+    assert state.token is None  # a new seat: a new token will come
+
+
+# --- Waiting between tries ---------------------------------------------------
+
+
+def test_backoff_doubles_up_to_30_s_and_stops_at_the_give_up_time() -> None:
+    delays = list(client.backoff_delays())
+    assert delays[:7] == [1, 2, 4, 8, 16, 30, 30]
+    assert set(delays[5:-1]) == {30}
+    assert sum(delays) == client.RECONNECT_GIVE_UP == 300
+    assert delays[-1] == 29  # cut short to end at the give-up time
+
+
+def test_backoff_from_a_short_first_delay() -> None:
+    assert list(client.backoff_delays(0.25, 1, 3)) == [0.25, 0.5, 1, 1, 0.25]
+    assert list(client.backoff_delays(5, 2, 3)) == [2, 1]
+    with pytest.raises(ValueError):
+        next(client.backoff_delays(0))
+
+
+@pytest.mark.parametrize("value, seconds", [
+    (None, 1.0), ("0.1", 0.1), ("2", 2.0), ("0", 1.0), ("-1", 1.0),
+    ("nan", 1.0), ("inf", 1.0), ("soon", 1.0), ("", 1.0),
+])
+def test_the_first_delay_may_come_from_the_environment(monkeypatch, value,
+                                                       seconds) -> None:
+    if value is None:
+        monkeypatch.delenv(client.FIRST_DELAY_ENV, raising=False)
+    else:
+        monkeypatch.setenv(client.FIRST_DELAY_ENV, value)
+    assert client.first_delay() == seconds
+
+
+# --- Getting back in, against a server played over a socket pair ------------
+
+
+class FakeServerEnd:
+    """The server's end of a socket pair: what it says is sent before the
+    client reads (its answers do not depend on what the client says), and
+    what the client said is read afterwards."""
+
+    def __init__(self, *lines: str, close: bool = False) -> None:
+        self.ours, self.theirs = socket.socketpair()
+        self.conn = client.Connection(self.ours)
+        self.theirs.sendall(b"".join(protocol.encode_line(line)
+                                     for line in lines))
+        if close:
+            self.theirs.shutdown(socket.SHUT_WR)
+
+    def said(self) -> List[str]:
+        """The lines the client sent so far."""
+        self.theirs.settimeout(0.0)
+        data = b""
+        try:
+            while True:
+                chunk = self.theirs.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except (BlockingIOError, ConnectionResetError):
+            pass  # nothing more for now; or the client closed its end
+        return data.decode("utf-8").splitlines()
+
+    def close(self) -> None:
+        self.conn.close()
+        self.theirs.close()
+
+
+@pytest.fixture
+def ends() -> Callable[..., FakeServerEnd]:
+    made: List[FakeServerEnd] = []
+
+    def make(*lines: str, close: bool = False) -> FakeServerEnd:
+        made.append(FakeServerEnd(*lines, close=close))
+        return made[-1]
+
+    yield make
+    for end in made:
+        end.close()
+
+
+def _resuming_state() -> client.ChatState:
+    state = client.ChatState("alice")
+    state.token = TOKEN
+    state.hint_shown = True  # as after joining
+    state.note(protocol.format_partner("bob"))
+    return state
+
+
+PROMPT = protocol.format_nick_prompt()
+
+
+def test_rejoin_takes_the_seat_back(ends) -> None:
+    server = ends(PROMPT, protocol.format_welcome_back("alice"),
+                  protocol.format_commands_hint(),
+                  protocol.format_users(["alice", "bob"], "alice"),
+                  protocol.format_missed(1), "bob: while you were away")
+    terminal, out = _screen()
+    state = _resuming_state()
+    client.rejoin(server.conn, terminal, state)
+    assert server.said() == [f"-resume {TOKEN}"]
+    assert out.getvalue() == protocol.format_welcome_back("alice") + "\n"
+    assert state.prompt() == "[to bob]> "  # the seat, partner and all
+    # What follows the welcome is left for the reader thread.
+    assert server.conn.read_line() == protocol.format_commands_hint()
+    assert server.conn.sock.gettimeout() is None
+
+
+def test_rejoin_joins_again_when_the_seat_is_gone(ends) -> None:
+    server = ends(PROMPT, protocol.format_resume_refused(), PROMPT,
+                  protocol.format_welcome("alice"))
+    terminal, out = _screen()
+    state = _resuming_state()
+    client.rejoin(server.conn, terminal, state)
+    assert server.said() == [f"-resume {TOKEN}", "alice"]
+    shown = out.getvalue().splitlines()
+    assert "did not keep your seat" in shown[0]
+    assert "joining again as alice" in shown[0]
+    assert shown[1:] == [protocol.format_welcome("alice")]
+    assert state.prompt() == "[everyone]> "  # a new seat: no partner
+    assert state.token is None  # the old seat's, which is void
+    assert TOKEN not in out.getvalue()
+
+
+def test_rejoin_gives_up_when_the_nickname_is_refused(ends) -> None:
+    server = ends(PROMPT, protocol.format_resume_refused(), PROMPT,
+                  protocol.format_nick_taken("alice"), PROMPT)
+    terminal, _ = _screen()
+    with pytest.raises(client.JoinError, match="'alice' refused: it is"):
+        client.rejoin(server.conn, terminal, _resuming_state())
+
+
+def test_rejoin_on_a_connection_that_closes_may_be_tried_again(ends) -> None:
+    server = ends(protocol.format_server_full(5), close=True)
+    terminal, out = _screen()
+    with pytest.raises(ConnectionError):
+        client.rejoin(server.conn, terminal, _resuming_state())
+    assert out.getvalue() == ""
+    assert server.said() == []
+
+
+def test_rejoin_with_a_silent_server_times_out(ends, monkeypatch) -> None:
+    monkeypatch.setattr(client, "REJOIN_TIMEOUT", 0.05)
+    server = ends()
+    terminal, _ = _screen()
+    with pytest.raises(socket.timeout):
+        client.rejoin(server.conn, terminal, _resuming_state())
+
+
+class Dialer:
+    """Plays ``dial()``: each call gives the next of ``outcomes``, a
+    connection, or an OSError to raise."""
+
+    def __init__(self, *outcomes) -> None:
+        self.outcomes = list(outcomes)
+        self.calls = 0
+
+    def __call__(self) -> client.Connection:
+        self.calls += 1
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, OSError):
+            raise outcome
+        return outcome
+
+
+def _lost_link(ends) -> client.Link:
+    link = client.Link(ends().conn)
+    link.lost()
+    return link
+
+
+def test_reconnect_tries_until_it_gets_back_in(ends) -> None:
+    link = _lost_link(ends)
+    closing = ends(protocol.format_server_full(5), close=True)
+    good = ends(PROMPT, protocol.format_welcome_back("alice"))
+    dial = Dialer(OSError("cannot connect: refused"), closing.conn,
+                  good.conn)
+    terminal, out = _screen()
+    assert client.reconnect(link, dial, terminal, _resuming_state(),
+                            "the server closed the connection",
+                            delays=[0, 0, 0, 0])
+    assert dial.calls == 3
+    assert out.getvalue().splitlines() == [
+        "* Connection lost (the server closed the connection);"
+        " reconnecting...",
+        protocol.format_welcome_back("alice")]
+    link.send_line("back")  # through the new connection
+    assert good.said() == [f"-resume {TOKEN}", "back"]
+
+
+def test_reconnect_gives_up_when_the_tries_are_over(ends) -> None:
+    dial = Dialer(*(OSError(f"try {n} refused") for n in range(3)))
+    terminal, _ = _screen()
+    with pytest.raises(client.JoinError, match="gave up after 300 s; the"
+                       " last try: try 2 refused"):
+        client.reconnect(_lost_link(ends), dial, terminal,
+                         _resuming_state(), "reset", delays=[0, 0, 0])
+    assert dial.calls == 3
+
+
+def test_reconnect_gives_up_at_the_deadline(ends, monkeypatch) -> None:
+    monkeypatch.setattr(client, "RECONNECT_GIVE_UP", 0)
+    dial = Dialer()
+    terminal, _ = _screen()
+    with pytest.raises(client.JoinError, match="the last try: reset"):
+        client.reconnect(_lost_link(ends), dial, terminal,
+                         _resuming_state(), "reset", delays=[0, 0])
+    assert dial.calls == 0
+
+
+def test_reconnect_stops_at_a_refused_nickname(ends) -> None:
+    refused = ends(PROMPT, protocol.format_resume_refused(), PROMPT,
+                   protocol.format_nick_taken("alice"))
+    dial = Dialer(refused.conn)
+    terminal, _ = _screen()
+    with pytest.raises(client.JoinError, match="it is taken"):
+        client.reconnect(_lost_link(ends), dial, terminal,
+                         _resuming_state(), "reset", delays=[0, 0, 0])
+    assert dial.calls == 1
+
+
+def test_reconnect_stops_when_the_user_leaves(ends) -> None:
+    link = _lost_link(ends)
+    assert not link.say_goodbye()  # nothing to say it on: the link is down
+    dial = Dialer()
+    terminal, _ = _screen()
+    assert not client.reconnect(link, dial, terminal, _resuming_state(),
+                                "reset", delays=[0])
+    assert dial.calls == 0
+
+
+def test_the_user_leaving_while_rejoining_wins(ends) -> None:
+    # The seat is taken back just as the user leaves: say goodbye on it.
+    link = _lost_link(ends)
+    good = ends(PROMPT, protocol.format_welcome_back("alice"))
+    terminal, _ = _screen()
+
+    def dial() -> client.Connection:
+        link.say_goodbye()  # the main thread, at that very moment
+        return good.conn
+
+    assert not client.reconnect(link, dial, terminal, _resuming_state(),
+                                "reset", delays=[0])
+    assert good.said() == []  # not even tried: the user left first
+    link = _lost_link(ends)
+    good = ends(PROMPT, protocol.format_welcome_back("alice"))
+
+    def leave_on_welcome(line: str, *args) -> None:
+        link.say_goodbye()
+
+    state = _resuming_state()
+    state.note = leave_on_welcome  # type: ignore[method-assign]
+    assert not client.reconnect(link, Dialer(good.conn), terminal, state,
+                                "reset", delays=[0])
+    assert good.said() == [f"-resume {TOKEN}", "-exit"]
+
+
+# --- The link, and typing while it is down -----------------------------------
+
+
+def test_a_link_that_is_down_refuses_lines(ends) -> None:
+    first = ends()
+    link = client.Link(first.conn)
+    link.send_line("one")
+    assert first.said() == ["one"]
+    link.lost()
+    with pytest.raises(client.NotConnected):
+        link.send_line("two")
+    second = ends()
+    assert link.attempt(second.conn)
+    with pytest.raises(client.NotConnected):  # not in the chat yet
+        link.send_line("three")
+    assert link.rejoined()
+    link.send_line("four")
+    assert second.said() == ["four"]
+    assert link.say_goodbye()
+    assert second.said() == ["-exit"]
+    assert link.leaving.is_set()
+    assert not link.attempt(ends().conn)  # no reconnecting after that
+
+
+def test_a_line_typed_while_down_is_not_sent_and_the_user_told(ends) -> None:
+    link = _lost_link(ends)
+    terminal, out = _screen()
+    state = client.ChatState("alice")
+    for line in ("hello?", "-to bob hi", "-help", ""):
+        assert client.handle_line(line, link, terminal, state)
+    shown = out.getvalue().splitlines()
+    assert shown.count("* " + client.NOT_SENT) == 2
+    assert shown[0] == shown[1] == "* " + client.NOT_SENT
+    assert len(shown) > 2  # -help is answered all the same
+    assert not client.handle_line("-exit", link, terminal, state)
+
+
+def test_leave_with_the_link_down_does_not_wait(ends) -> None:
+    link = _lost_link(ends)
+    done = threading.Event()
+
+    def leave() -> None:
+        client.leave(link)
+        done.set()
+
+    threading.Thread(target=leave, daemon=True).start()
+    assert done.wait(client.LEAVE_TIMEOUT / 2)
+    assert link.leaving.is_set()
+
+
+# --- The reader thread's ends ------------------------------------------------
+
+
+class Exited(Exception):
+    """Stands in for os._exit() in exit_now()."""
+
+
+@pytest.fixture
+def exits(monkeypatch) -> List[Tuple[object, int]]:
+    """The (message, status) exit_now() was called with; it raises
+    Exited instead of ending the test run."""
+    calls: List[Tuple[object, int]] = []
+
+    def exit_now(terminal, message, status) -> None:
+        calls.append((message, status))
+        raise Exited()
+
+    monkeypatch.setattr(client, "exit_now", exit_now)
+    return calls
+
+
+def _read(link: client.Link, state: client.ChatState, dial=None) -> str:
+    """Run the reader thread's loop here, until it ends the program; what
+    it showed."""
+    terminal, out = _screen()
+    with pytest.raises(Exited):
+        client.read_from_server(link, terminal, state, dial)
+    return out.getvalue()
+
+
+def test_without_a_token_a_lost_connection_ends_the_program(
+        ends, exits) -> None:
+    server = ends("bob: hi", close=True)
+    assert _read(client.Link(server.conn),
+                 client.ChatState("alice")) == "bob: hi\n"
+    assert exits == [("Disconnected: the server closed the connection.", 1)]
+
+
+@pytest.mark.parametrize("last, status", [
+    (protocol.format_shutdown(), 0),
+    (protocol.format_you_were_kicked("bob"), 1),
+    (protocol.format_replaced(), 1),
+])
+def test_no_reconnect_when_the_server_ends_the_chat(
+        ends, exits, last: str, status: int) -> None:
+    server = ends(protocol.format_resume_token(TOKEN), last, close=True)
+    dial = Dialer()
+    shown = _read(client.Link(server.conn), client.ChatState("alice"), dial)
+    assert shown == last + "\n"
+    assert exits[0][1] == status
+    assert dial.calls == 0
+
+
+def test_the_reader_gets_back_in_and_goes_on(ends, exits,
+                                             monkeypatch) -> None:
+    monkeypatch.setenv(client.FIRST_DELAY_ENV, "0.01")
+    first = ends(protocol.format_resume_token(TOKEN), "bob: one",
+                 close=True)
+    second = ends(PROMPT, protocol.format_welcome_back("alice"),
+                  protocol.format_commands_hint(), protocol.format_missed(1),
+                  "bob: two", protocol.format_shutdown(), close=True)
+    shown = _read(client.Link(first.conn), client.ChatState("alice"),
+                  Dialer(second.conn))
+    assert shown.splitlines() == [
+        "bob: one",
+        "* Connection lost (the server closed the connection);"
+        " reconnecting...",
+        protocol.format_welcome_back("alice"),
+        protocol.format_commands_hint(),  # shown once: not seen before
+        protocol.format_missed(1),
+        "bob: two",
+        protocol.format_shutdown()]
+    assert exits == [(None, 0)]
+
+
+def test_the_reader_gives_up_with_the_reason(ends, exits,
+                                             monkeypatch) -> None:
+    monkeypatch.setattr(client, "RECONNECT_GIVE_UP", 0)
+    server = ends(protocol.format_resume_token(TOKEN), close=True)
+    _read(client.Link(server.conn), client.ChatState("alice"), Dialer())
+    assert exits == [("Could not reconnect: gave up after 0 s; the last"
+                      " try: the server closed the connection.", 1)]
+
+
+def test_the_reader_ends_quietly_when_the_user_leaves(ends) -> None:
+    server = ends(protocol.format_resume_token(TOKEN), close=True)
+    link = client.Link(server.conn)
+    link.say_goodbye()
+    terminal, out = _screen()
+    client.read_from_server(link, terminal, client.ChatState("alice"),
+                            Dialer())
+    assert link.ended.is_set()
+    assert out.getvalue() == ""

@@ -503,6 +503,7 @@ def test_history_is_dim_and_apart_from_live_lines(spawn, make_server,
     alice.expect("bob: hi alice" + RESET)
     alice.expect(HISTORY_STYLE + protocol.format_history_end() + RESET)
     alice.expect("[everyone]> ")
+    assert b"Resume token" not in alice.output  # kept, never shown
 
 
 # --- Leaving -----------------------------------------------------------------
