@@ -213,8 +213,11 @@ def connect(host: str, port: int,
         raise OSError(f"cannot connect to {where}:"
                       f" {error.strerror or error}") from None
     # Chat lines are small: send each one at once instead of letting the
-    # kernel wait to batch them (Nagle's algorithm).
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # kernel wait to batch them (Nagle's algorithm). And probe a silent
+    # server now and then (TCP keepalive): a network that fails without a
+    # word (a laptop leaving its Wi-Fi) is then found out in about two
+    # minutes, and we reconnect, instead of waiting for lines forever.
+    transport.configure_socket(sock)
     tls = None
     if tls_context is not None:
         try:

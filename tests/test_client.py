@@ -538,7 +538,7 @@ def test_connect_to_an_unknown_host_says_so(monkeypatch) -> None:
         client.connect("nowhere.invalid", 4321)
 
 
-def test_connect_sets_tcp_nodelay() -> None:
+def test_connect_sets_tcp_nodelay_and_keepalive() -> None:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
@@ -546,6 +546,9 @@ def test_connect_sets_tcp_nodelay() -> None:
         try:
             assert conn.sock.getsockopt(socket.IPPROTO_TCP,
                                         socket.TCP_NODELAY)
+            # A network that fails silently is found out, too.
+            assert conn.sock.getsockopt(socket.SOL_SOCKET,
+                                        socket.SO_KEEPALIVE)
         finally:
             conn.close()
 
