@@ -108,7 +108,7 @@ class Proxy:
     def _forward(self, downstream: socket.socket) -> None:
         try:
             if not self._open.wait(DEADLINE) or self._closed.is_set():
-                return
+                raise ConnectionAbortedError("the proxy is closed")
             upstream = socket.create_connection(self.target, DEADLINE)
         except OSError:
             downstream.close()
