@@ -277,6 +277,8 @@ def register(conn: Connection, terminal: Terminal,
                 nick = terminal.ask(NICK_PROMPT)
                 if nick is None or nick.lower() == "-exit":
                     return None  # Ctrl+D or -exit: the user gave up
+                if _is_secret(nick):  # -resume TOKEN, typed by hand
+                    terminal.forget_last_line()
             conn.send_line(nick)
             nick = None  # if refused, ask next time
         elif not terminal.interactive and line.startswith(protocol.ERROR):
@@ -284,6 +286,13 @@ def register(conn: Connection, terminal: Terminal,
             raise JoinError(sanitize(line[len(protocol.ERROR):]))
         else:
             terminal.show(render(line, "", terminal.colour))
+
+
+def _is_secret(line: str) -> bool:
+    """True for a command whose argument is a secret (``-admin PW``,
+    ``-resume TOKEN``): it must stay out of the input history."""
+    spec = protocol.command_spec(line)
+    return spec is not None and spec.client == protocol.HIDE
 
 
 def _first_line(conn: Connection, terminal: Terminal) -> Optional[str]:

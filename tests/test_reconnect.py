@@ -366,3 +366,30 @@ def test_reconnecting_over_tls(make_server, clients, proxy_to) -> None:
         assert alice.output.count(b"over TLS") == 1  # said once, at start
     finally:
         alice.close()
+
+
+def test_a_token_typed_by_hand_at_the_nickname_prompt_is_forgotten(
+        make_server, clients) -> None:
+    # An nc user's way, in client.py: "-resume TOKEN" for a nickname.
+    server = make_server(resume_grace=GRACE)
+    bob = clients(server, "bob")
+    carol = clients(server, "carol")
+    token = None
+    while token is None:
+        token = protocol.resume_token(carol.read_line())
+    carol.close()
+    bob.expect("* carol lost connection")
+    user = PtyClient("--port", str(server.address[1]), env=_environment())
+    try:
+        user.expect("nickname> ")
+        user.write(f"-resume {token}\r")
+        user.expect("* Welcome back, carol! You are in the chat.")
+        user.expect("[everyone]> ")
+        bob.expect("* carol is back")
+        user.wait_idle()
+        user.write("\x1b[A")  # up: the line typed before, if kept
+        user.write("recalled?\r")
+        bob.expect(lambda line: line.startswith("carol: "))
+        assert bob.seen[-1] == "carol: recalled?"
+    finally:
+        user.close()
