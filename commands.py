@@ -84,7 +84,9 @@ class Commands:
         """``-history [N]``: the last N public lines, 20 by default."""
         count = config.DEFAULT_HISTORY
         if command.text:
-            if not command.text.isdigit() or int(command.text) < 1:
+            # isdecimal() alone would let '²' or '٣' through to int().
+            if not (command.text.isascii() and command.text.isdecimal()) \
+                    or int(command.text) < 1:
                 self._refuse(member, protocol.format_error(
                     "usage: -history [N], N a number of lines"))
                 return
@@ -165,6 +167,8 @@ class Commands:
         return None
 
     def _say_to_all(self, member: Member, text: str) -> None:
-        if not self._broadcast(protocol.format_message(member.nick, text),
-                               exclude=member, record=True):
+        line = protocol.format_message(member.nick, text)
+        if self._broadcast(line, exclude=member):
+            self._record(line)
+        else:  # not said, as far as anyone is concerned: not recorded
             self._refuse(member, protocol.format_nobody_else())

@@ -78,6 +78,7 @@ class Room(Commands):
         self._on_shutdown = on_shutdown
         self._transcript = transcript
         self._clock = clock
+        self._wall_clock = wall_clock
         self._password = settings.admin_password.encode(protocol.ENCODING)
         self._lock = threading.Lock()
         self._members: Set[Member] = set()      # every connection's member
@@ -105,16 +106,19 @@ class Room(Commands):
         log.info("%s: connected", member.name)
         return member
 
-    def receive(self, member: Member, frames: Sequence[Frame]) -> Member:
-        """Run what ``member`` sent, a batch of framed lines: a nickname
-        (or ``-resume``) while joining, then commands. Returns the member
-        the connection speaks for from now on: after ``-resume``, the seat
-        it got back."""
+    def receive(self, member: Member, frames: Sequence[Frame],
+                link: Optional[Link] = None) -> Member:
+        """Run what ``member`` sent on ``link`` (by default its own), a
+        batch of framed lines: a nickname (or ``-resume``) while joining,
+        then commands. Returns the member the connection speaks for from
+        now on: after ``-resume``, the seat it got back."""
         with self._locked():
             for frame in frames:
-                if self._closed or member.state not in (JOINING, ONLINE):
-                    # Shutting down (everyone has had the last line), or
-                    # gone (kicked, say): the rest goes nowhere.
+                if self._closed or member.state not in (JOINING, ONLINE) \
+                        or (link is not None and link is not member.link):
+                    # Shutting down (everyone has had the last line), gone
+                    # (kicked, say), or the seat went to a new connection:
+                    # the rest goes nowhere.
                     break
                 if member.state == JOINING:
                     member = self._choose_nick(member, frame)
@@ -247,10 +251,14 @@ class Room(Commands):
                 self._touched.add(member.link)
                 sent = True
         if record:
-            stamp = self._history.record(text)
-            if self._transcript is not None:
-                self._transcript(stamp, text)
+            self._record(text)
         return sent
+
+    def _record(self, text: str) -> None:
+        """Keep a public line in the history and the transcript."""
+        stamp = self._history.record(text)
+        if self._transcript is not None:
+            self._transcript(stamp, text)
 
     def _refuse(self, member: Member, error: str) -> None:
         """Send an error line to ``member``, and log it once."""
@@ -363,7 +371,8 @@ class Room(Commands):
 
     def _remove(self, member: Member) -> None:
         """Take a member out of the registry (its nickname is free)."""
-        del self._nicks[member.address]
+        if member.state != DETACHED:  # a detached seat has no address
+            del self._nicks[member.address]
         del self._by_key[protocol.nick_key(member.nick)]
         self._seats.pop(member.seat_id, None)
 
@@ -373,6 +382,9 @@ class Room(Commands):
         """The member's connection dropped: keep its seat, and what is sent
         to it, until it resumes or its time is up (see :meth:`tick`)."""
         member.state = DETACHED
+        # The registry maps connections' addresses: this one is gone (and
+        # a new connection may come from the same address and port).
+        del self._nicks[member.address]
         member.link = memory.HeldLines(self.settings.outbox_limit)
         member.keep_until = self._clock() + self.settings.resume_grace
         self._notice_others(member, protocol.format_lost_connection(
@@ -403,7 +415,8 @@ class Room(Commands):
         # The joining connection becomes the seat's.
         self._members.discard(joining)
         joining.state = GONE
-        del self._nicks[seat.address]
+        if was == ONLINE:
+            del self._nicks[seat.address]
         seat.address, seat.name = joining.address, joining.name
         self._nicks[seat.address] = seat.nick
         seat.link = joining.link
@@ -478,4 +491,4 @@ class Room(Commands):
             other.link.put(notice, last=True)
             self._touched.add(other.link)
         if self._transcript is not None:
-            self._transcript(self._history.record(text), text)
+            self._transcript(self._wall_clock(), text)

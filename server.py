@@ -256,11 +256,11 @@ class ChatHandler(socketserver.BaseRequestHandler):
             pause = self.bucket.delay()
             if pause:
                 if index > start:
-                    member = self.server.room.receive(member,
-                                                      frames[start:index])
+                    member = self.server.room.receive(
+                        member, frames[start:index], self.outbox)
                     start = index
                 time.sleep(pause)
-        return self.server.room.receive(member, frames[start:])
+        return self.server.room.receive(member, frames[start:], self.outbox)
 
 
 class ChatServer(socketserver.ThreadingTCPServer):
@@ -305,7 +305,12 @@ class ChatServer(socketserver.ThreadingTCPServer):
         self.address_family = socket.getaddrinfo(
             settings.host or None, settings.port,
             type=socket.SOCK_STREAM)[0][0]
-        super().__init__((settings.host, settings.port), ChatHandler)
+        try:
+            super().__init__((settings.host, settings.port), ChatHandler)
+        except BaseException:
+            if self.transcript is not None:
+                self.transcript.close()
+            raise
         self.housekeeper.start()
 
     def server_bind(self) -> None:

@@ -75,6 +75,8 @@ class Transcript:
                     log.error("transcript %s: cannot write (%s); the chat"
                               " carries on without it", self.path, error)
         try:
-            self._file.close()
-        except OSError:
-            pass
+            self._file.close()  # writes what is still buffered
+        except OSError as error:
+            if not self._failed:
+                log.error("transcript %s: cannot write (%s)", self.path,
+                          error)

@@ -357,9 +357,6 @@ def test_history_command_refuses_what_is_not_a_positive_count(argument):
     assert alice_link.take() == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "room.do_history checks the count with str.isdigit(), which is true"
-    " for '²' and '①', then int() raises ValueError out of Room.receive"))
 @pytest.mark.parametrize("argument", ["²", "①", "3²"])
 def test_history_command_refuses_unicode_digits_without_raising(argument):
     """``-history ²`` (a character ``str.isdigit`` accepts but ``int``
@@ -461,10 +458,6 @@ def test_transcript_gets_public_lines_joins_departures_kick_shutdown():
     assert len(chat.tokens) == 3  # the tokens were there to leak
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Room._broadcast records the line (history, transcript) even when "
-    "nobody received it; _say_to_all then tells the sender 'message not "
-    "sent'"))
 def test_line_refused_as_not_sent_is_not_replayed_nor_logged():
     """Alone in the room, alice's line is refused ("nobody else is online;
     message not sent"): it must then not be replayed to the next joiner
@@ -599,8 +592,9 @@ class Dropped:
 def test_dropped_user_keeps_the_seat_and_others_see_lost_connection():
     """A dropped connection (not -exit, not cut) keeps the seat: the
     others get ``* alice lost connection`` and nothing else (not "left"),
-    the nickname stays taken, the registry still has alice, and nothing
-    is put on the dead link after it dropped."""
+    the nickname stays taken, the registry (of connections' addresses)
+    no longer maps the dead address, and nothing is put on the dead link
+    after it dropped."""
     case = Dropped()
     lost = protocol.format_lost_connection("alice")
     assert lost == "* alice lost connection"
@@ -608,7 +602,8 @@ def test_dropped_user_keeps_the_seat_and_others_see_lost_connection():
     assert case.c_link.take() == [lost]
     assert case.alice.state == DETACHED
     assert case.a_link.closed and case.a_link.take() == []
-    assert "alice" in case.chat.room.nicknames().values()
+    assert "alice" not in case.chat.room.nicknames().values()
+    assert case.alice.address not in case.chat.room.nicknames()
     taker, link = case.chat.connect()
     case.chat.say(taker, "ALICE")
     assert link.take() == [protocol.format_nick_taken("ALICE"),
@@ -899,11 +894,6 @@ def test_after_shut_down_nothing_is_kept():
     assert chat.room.connect(FakeLink(), chat.address()) is None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the registry is keyed by address and a kept seat stays in it under "
-    "its dead connection's address: Room._join overwrites that entry for "
-    "a new user from the same address, then Room._remove of either member "
-    "deletes the other's entry (KeyError on the second)"))
 def test_new_user_from_the_address_of_a_kept_seat():
     """A new connection may come from the (host, port) a dropped user's
     connection had (the OS reuses ports; NAT). carol joins from alice's
