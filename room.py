@@ -26,8 +26,8 @@ that check is made once, there, for all of them.
 Lock discipline, for the room and everything it uses (members.py,
 commands.py, memory.py): one lock, ``Room._lock``, guards everything the
 room holds: the registry, every member's state, the queue of
-announcements, the history, the seats kept. Every public method takes it for its whole run, so each
-command happens at once for everyone (a late joiner sees a line either in
+announcements, the history, the seats kept. Every public method takes it
+for its whole run, so each command happens at once for everyone (a late joiner sees a line either in
 full or not at all, and "left" never comes before "joined"). With the lock
 held the room only *queues* lines (:meth:`Link.put` must not block or
 call back into the room); the links it queued on are flushed after the
