@@ -27,12 +27,13 @@ Lock discipline, for the room and everything it uses (members.py,
 commands.py, memory.py): one lock, ``Room._lock``, guards everything the
 room holds: the registry, every member's state, the queue of
 announcements, the history, the seats kept. Every public method takes it
-for its whole run, so each command happens at once for everyone (a late joiner sees a line either in
-full or not at all, and "left" never comes before "joined"). With the lock
-held the room only *queues* lines (:meth:`Link.put` must not block or
-call back into the room); the links it queued on are flushed after the
-lock is released, by the thread whose call queued them, so a burst of
-lines from one user costs one send per recipient.
+for its whole run, so each command happens at once for everyone (a late
+joiner sees a line either in full or not at all, and "left" never comes
+before "joined"). With the lock held the room only *queues* lines
+(:meth:`Link.put` must not block or call back into the room); the links it
+queued on are flushed after the lock is released, by the thread whose call
+queued them, so a burst of lines from one user costs one send per
+recipient.
 """
 
 from __future__ import annotations
