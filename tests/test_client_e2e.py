@@ -488,7 +488,9 @@ def test_history_is_dim_and_apart_from_live_lines(spawn, make_server,
                                                   clients) -> None:
     server = make_server(history=20, resume_grace=60)
     bob = clients(server, "bob")
+    carol = clients(server, "carol")  # a line nobody hears is not kept
     bob.send("-all hi alice, -to bob when you are here")
+    carol.expect("bob: hi alice, -to bob when you are here")
     alice = spawn("--nick", "alice", port=server.address[1], NO_COLOR=None)
     said = re.escape("bob: hi alice, -to bob when you are here")
     replay = alice.expect(protocol.format_history_end() + RESET)
