@@ -142,8 +142,9 @@ class Commands:
         target.state = GONE
         target.link.close()
         self._send_events()  # what is batched happened first
-        self._broadcast(protocol.format_kicked(target.nick, member.nick,
-                                               reason), record=True)
+        line = protocol.format_kicked(target.nick, member.nick, reason)
+        self._broadcast(line)
+        self._record(line)
 
     def do_down(self, member: Member, command: Command) -> None:
         if self._closed:

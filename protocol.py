@@ -649,7 +649,8 @@ def format_missed(count: int, dropped: int = 0) -> str:
     if not count and not dropped:
         return format_notice("Nothing came for you while you were away.")
     lost = f" ({dropped} earlier lines were not kept)" if dropped else ""
-    return format_notice(f"{count} lines came for you while you were away"
+    lines = "1 line" if count == 1 else f"{count} lines"
+    return format_notice(f"{lines} came for you while you were away"
                          f"{lost}:")
 
 

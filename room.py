@@ -238,12 +238,11 @@ class Room(Commands):
                                  for text in lines), last)
         self._touched.add(member.link)
 
-    def _broadcast(self, text: str, exclude: Optional[Member] = None,
-                   record: bool = False) -> bool:
+    def _broadcast(self, text: str, exclude: Optional[Member] = None
+                   ) -> bool:
         """Send ``text`` to everyone in the room but ``exclude``, encoded
         once (a seat kept for a dropped user keeps it for them); False if
-        nobody was there to receive it. With ``record``, the line goes
-        into the history and the transcript too."""
+        nobody was there to receive it."""
         data = protocol.encode_line(text)
         sent = False
         for member in self._by_key.values():
@@ -251,13 +250,17 @@ class Room(Commands):
                 member.link.put(data)
                 self._touched.add(member.link)
                 sent = True
-        if record:
-            self._record(text)
         return sent
 
-    def _record(self, text: str) -> None:
-        """Keep a public line in the history and the transcript."""
-        stamp = self._history.record(text)
+    def _record(self, text: str, history: bool = True) -> None:
+        """Keep a public line in the transcript and, with ``history``, in
+        the history. Joins and departures stay out of the history: in a
+        class that arrives together they would crowd out what was said,
+        and the joiner sees who is here anyway."""
+        if history:
+            stamp = self._history.record(text)
+        else:
+            stamp = self._wall_clock()
         if self._transcript is not None:
             self._transcript(stamp, text)
 
@@ -425,6 +428,11 @@ class Room(Commands):
         seat.close_reason = ""
         self._members.add(seat)
         self._greet(seat, protocol.format_welcome_back(seat.nick))
+        # A new secret each time: a token works once, so one seen (on a
+        # shoulder, in a scrollback) is worth nothing after its use.
+        seat.secret = memory.new_token()[1]
+        self._send(seat, protocol.format_resume_token(
+            memory.join_token(seat.seat_id, seat.secret)))
         self._send(seat, protocol.format_missed(count, dropped))
         if held:
             seat.link.put(held)
@@ -458,9 +466,10 @@ class Room(Commands):
             self._events.append((kind, nick))
             return
         self._send_events()  # what is batched happened first
-        self._broadcast(protocol.format_joined(nick) if kind == "joined"
-                        else protocol.format_left(nick), exclude,
-                        record=True)
+        line = (protocol.format_joined(nick) if kind == "joined"
+                else protocol.format_left(nick))
+        self._broadcast(line, exclude)
+        self._record(line, history=False)
 
     def _send_events(self) -> None:
         """Send the batched announcements, in order: one line for each run
@@ -473,10 +482,10 @@ class Room(Commands):
             while end < len(events) and events[end][0] == kind:
                 end += 1
             nicks = [nick for _, nick in events[start:end]]
-            self._broadcast(protocol.format_joined_many(nicks)
-                            if kind == "joined"
-                            else protocol.format_left_many(nicks),
-                            record=True)
+            line = (protocol.format_joined_many(nicks) if kind == "joined"
+                    else protocol.format_left_many(nicks))
+            self._broadcast(line)
+            self._record(line, history=False)
             start = end
         events.clear()
 
@@ -491,5 +500,4 @@ class Room(Commands):
         for other in self._members:
             other.link.put(notice, last=True)
             self._touched.add(other.link)
-        if self._transcript is not None:
-            self._transcript(self._wall_clock(), text)
+        self._record(text, history=False)

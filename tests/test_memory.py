@@ -225,9 +225,10 @@ def test_join_replays_exactly_the_last_n_public_lines_marked_in_order(
     assert hhmm(said[-3][0]) == "04:43"  # 23:13 UTC, shown in local time
 
 
-def test_join_replay_includes_joins_and_departures():
-    """Joins and departures are part of the conversation: a late joiner's
-    replay has them, in order with the messages, as history lines."""
+def test_join_replay_leaves_out_joins_and_departures():
+    """Joins and departures are not in the history (a class arriving at
+    once would crowd out what was said): a late joiner's replay has the
+    messages only, though the transcript has every one of them."""
     chat = Chat(history=5)
     alice, _ = chat.join("alice")
     bob, _ = chat.join("bob")
@@ -235,12 +236,11 @@ def test_join_replay_includes_joins_and_departures():
     chat.say(bob, "-exit")
     carol, link = chat.connect()
     chat.say(carol, "carol")
-    stamp = WALL_START
-    assert history_texts(link.lines) == [
-        "alice joined the chat", "bob joined the chat", "bob: hi",
-        "bob left the chat"]
-    assert marked(stamp, "* bob left the chat") in link.lines
+    assert history_texts(link.lines) == ["bob: hi"]
     assert link.lines[-1] == END
+    assert [text for _, text in chat.records] == [
+        "* alice joined the chat", "* bob joined the chat", "bob: hi",
+        "* bob left the chat", "* carol joined the chat"]
 
 
 def test_history_zero_replays_nothing_and_sends_no_end_line():
@@ -300,7 +300,7 @@ def test_replay_on_join_is_bounded_in_bytes_keeping_the_newest():
     asked = [line for line in b_lines if protocol.history_line(line)]
     assert sum(len(line.encode()) + 1 for line in asked) \
         <= config.MAX_HISTORY_REPLAY_BYTES
-    assert history_texts(asked)[-1] == "carol joined the chat"
+    assert history_texts(asked)[-1] == texts[-1]
     assert b_lines[-1] == END
 
 
@@ -401,7 +401,8 @@ def test_history_command_never_raises_on_ascii(argument):
     exception."""
     chat = Chat(history=0, history_keep=10)
     bob, link = chat.join("bob")
-    chat.join("alice")
+    alice, _ = chat.join("alice")
+    chat.say(alice, "something to replay")
     drain(link)
     chat.say(bob, f"-history {argument}")
     lines = link.take()
@@ -641,8 +642,12 @@ def test_lines_for_a_dropped_user_are_held_and_given_back_once_in_order():
     assert lines[0] == "* Welcome back, alice! You are in the chat."
     assert lines[1] == protocol.format_commands_hint()
     assert lines[2].startswith("* Online (4): alice (you, admin)")
-    assert lines[3:] == [protocol.format_missed(len(held))] + held
-    assert "4 lines" in lines[3]
+    # A new token (a token works once), then what was kept.
+    new_token = protocol.resume_token(lines[3])
+    assert new_token and new_token != case.token
+    assert new_token.split(".")[0] == case.token.split(".")[0]
+    assert lines[4:] == [protocol.format_missed(len(held))] + held
+    assert "4 lines" in lines[4]
     back = protocol.format_back("alice")
     assert back == "* alice is back"
     for other in (case.b_link, case.c_link, d_link):
@@ -766,7 +771,8 @@ def test_resume_while_the_old_link_is_open_replaces_it():
     assert old_link.sealed and old_link.closed
     lines = new_link.take()
     assert lines[0] == protocol.format_welcome_back("alice")
-    assert lines[3:] == [protocol.format_missed(0)]
+    assert protocol.resume_token(lines[3])
+    assert lines[4:] == [protocol.format_missed(0)]
     assert not any(word in line for line in b_link.take()
                    for word in ("left", "joined", "lost"))
 
@@ -803,9 +809,10 @@ def test_held_lines_past_the_limit_drop_the_oldest_and_say_how_many():
     assert 0 < len(kept) < len(sent)
     _, _, link = case.resume()
     lines = link.take()
-    assert lines[3] == protocol.format_missed(len(kept), dropped)
-    assert f"{dropped} earlier" in lines[3]
-    assert lines[4:] == kept
+    assert protocol.resume_token(lines[3])
+    assert lines[4] == protocol.format_missed(len(kept), dropped)
+    assert f"{dropped} earlier" in lines[4]
+    assert lines[5:] == kept
 
 
 def test_kicked_user_gets_no_kept_seat():
