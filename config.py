@@ -115,8 +115,8 @@ class ServerConfig:
         " (default %(default)s)", metavar="N", minimum=0)
     history: int = _option(
         DEFAULT_HISTORY,
-        "public lines shown to a user on joining; 0 turns history off"
-        " (default %(default)s)", metavar="N", minimum=0)
+        "public lines replayed to a user on joining; 0: none (-history"
+        " still answers) (default %(default)s)", metavar="N", minimum=0)
     history_keep: int = _option(
         DEFAULT_HISTORY_KEEP,
         "public lines the server keeps for -history (default %(default)s)",

@@ -244,7 +244,8 @@ class CommandSpec(NamedTuple):
     """One row of the command table.
 
     The server runs a command with the method ``do_<name>`` of
-    ``room.Room``; a test checks that every row has one.
+    ``commands.Commands`` (mixed into ``room.Room``); a test checks that
+    every row has one.
     """
 
     name: str
@@ -264,7 +265,7 @@ class CommandSpec(NamedTuple):
 
 
 #: Every command, in the order ``-help`` lists them. Adding a command is a
-#: row here plus a ``do_<name>`` method in ``room.Room``.
+#: row here plus a ``do_<name>`` method in ``commands.Commands``.
 COMMANDS: Tuple[CommandSpec, ...] = (
     CommandSpec("to", "-to", NICK, (
         ("-to NICK text", "send text to NICK only (private)"),

@@ -294,7 +294,7 @@ class Room(Commands):
             member.link.close()
             return member
         if nick and nick.split(None, 1)[0].lower() == "-resume":
-            seat = self._resume(member, nick.partition(" ")[2])
+            seat = self._resume(member, (nick.split(None, 1) + [""])[1])
             if seat is not None:
                 return seat
         elif nick:

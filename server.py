@@ -192,10 +192,11 @@ class ChatHandler(socketserver.BaseRequestHandler):
             self.cut = True
         finally:
             # The network dropped it (the user may come back for the
-            # seat), unless the server cut it: a broken stream, a reader
-            # too slow, a bug.
-            dropped = not (self.cut or self.outbox.failure ==
-                           "send queue exceeded")
+            # seat), unless the server cut it: a broken stream either way,
+            # a reader too slow, a bug. A failed send is the network's.
+            failure = self.outbox.failure
+            dropped = not self.cut and (
+                not failure or failure.startswith("send failed"))
             room.disconnect(member, self.outbox.failure or self.read_error,
                             farewell, link=self.outbox, dropped=dropped)
 
