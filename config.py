@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, List, NoReturn, Optional
 
 import protocol
 
@@ -161,10 +161,18 @@ def option_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line (naming the option), not the
+    usage and then the mistake."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The server's command line: one option per :class:`ServerConfig`
     field, plus ``--verbose``."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         description="Run the chat server. Users connect with client.py or"
                     " with 'nc HOST PORT'.")
     for item in dataclasses.fields(ServerConfig):

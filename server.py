@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import secrets
 import signal
 import socket
@@ -451,11 +452,34 @@ class ChatServer(socketserver.ThreadingTCPServer):
 
 
 def make_tls_context(cert: str, key: str) -> ssl.SSLContext:
-    """A server context: TLS 1.2 or newer, with the given certificate."""
+    """A server context: TLS 1.2 or newer, with the given certificate.
+    Raises OSError naming the file that cannot be read, ssl.SSLError for
+    files that are not a PEM certificate and its key."""
+    for path in (cert, key):
+        with open(path, "rb"):  # OpenSSL's own error would not name it
+            pass
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert, key)
     return context
+
+
+def option_problem(settings: ServerConfig, error: OSError) -> str:
+    """What is wrong with an option, for an error the server met while
+    being made (before it binds); "" when it is none of its files."""
+    if isinstance(error, ssl.SSLError):
+        # "[SSL] PEM lib (_ssl.c:3905)" says "PEM lib".
+        reason = error.reason or re.sub(r"^\[\w+\] | \(_ssl\.c:\d+\)$", "",
+                                        str(error))
+        return (f"--tls-cert {settings.tls_cert} --tls-key {settings.tls_key}:"
+                f" not a PEM certificate and its key ({reason})")
+    why = error.strerror or str(error)
+    for option, value in (("--tls-cert", settings.tls_cert),
+                          ("--tls-key", settings.tls_key),
+                          ("--log", settings.log)):
+        if value and error.filename == value:
+            return f"{option} {value}: {why}"
+    return ""
 
 
 def raise_open_file_limit() -> None:
@@ -484,14 +508,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     settings: ServerConfig = args.config
     password = settings.admin_password or os.environ.get(
         config.PASSWORD_ENV, "")
-    if password:
-        log.info("admin password set from %s", "--admin-password"
-                 if settings.admin_password else f"${config.PASSWORD_ENV}")
-    else:
+    generated = not password
+    if generated:
         password = secrets.token_urlsafe(9)
-        # On the console only, never in the log.
-        print(f"Admin password for this run: {password}", file=sys.stderr,
-              flush=True)
     settings = dataclasses.replace(settings, admin_password=password)
     # Process-wide settings, made here rather than by ChatServer, which
     # may be one of many in a test process.
@@ -499,17 +518,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     threading.stack_size(THREAD_STACK_BYTES)
     try:
         server = ChatServer(settings)
-    except ssl.SSLError as error:
-        log.error("cannot use the TLS certificate or key: %s", error)
+    except OSError as error:  # ssl.SSLError is one too
+        problem = option_problem(settings, error)
+        if problem:  # a bad option: one line, status 2, as argparse does
+            print(f"{os.path.basename(sys.argv[0])}: error: {problem}",
+                  file=sys.stderr, flush=True)
+            return 2
+        log.error("cannot listen on %s port %s: %s", settings.host,
+                  settings.port, error.strerror or error)
         return 1
-    except OSError as error:
-        if error.filename is not None:  # the transcript
-            log.error("cannot open %s: %s", error.filename,
-                      error.strerror or error)
-        else:
-            log.error("cannot listen on %s port %s: %s", settings.host,
-                      settings.port, error.strerror or error)
-        return 1
+    if generated:
+        # On the console only, never in the log.
+        print(f"Admin password for this run: {password}", file=sys.stderr,
+              flush=True)
+    else:
+        log.info("admin password set from %s", "--admin-password"
+                 if args.config.admin_password else f"${config.PASSWORD_ENV}")
 
     def on_signal(signum: int, frame: object) -> None:
         # stop() waits for serve_forever, which runs in this (main) thread,

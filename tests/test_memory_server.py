@@ -194,20 +194,23 @@ def test_unopenable_log_path_fails_at_construction(tmp_path):
                                     log=str(path)))
 
 
-def test_server_process_with_unopenable_log_exits_one(tmp_path):
+def test_server_process_with_unopenable_log_exits_two(tmp_path):
     """``python3 server.py --log /nonexistent/dir/x.log`` exits with
-    status 1 and one clear error line naming the file, no traceback."""
+    status 2, as for any bad option, with one line naming the option and
+    the file, no traceback, and nothing bound."""
     bad = "/nonexistent/dir/x.log"
     done = subprocess.run(
         [sys.executable, os.path.join(ROOT, "server.py"), "--port", "0",
          "--admin-password", "x", "--log", bad],
         capture_output=True, text=True, timeout=DEADLINE,
         stdin=subprocess.DEVNULL)
-    assert done.returncode == 1, done.stderr
+    assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
-    errors = [line for line in done.stderr.splitlines() if "ERROR" in line]
+    assert "listening" not in done.stderr
+    errors = done.stderr.splitlines()
     assert len(errors) == 1, done.stderr
-    assert bad in errors[0] and "cannot open" in errors[0]
+    assert errors[0] == ("server.py: error: --log /nonexistent/dir/x.log:"
+                         " No such file or directory")
     assert not os.path.exists(bad)
 
 

@@ -161,3 +161,45 @@ def test_help_explains_options():
                    "--max-line", "--outbox-limit", "--rate-limit",
                    "--rate-burst", "--max-clients", "--register-timeout"):
         assert option in done.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--port", "70000"], "--port must be at most 65535"),
+    (["--port", "-1"], "--port must be at least 0"),
+    (["--rate-limit", "-1"], "--rate-limit must be at least 0"),
+    (["--max-clients", "0"], "--max-clients must be at least 1"),
+    (["--register-timeout", "0"], "--register-timeout must be more than 0"),
+    (["--tls-cert", "/nonexistent/cert.pem", "--tls-key", "/nonexistent/k"],
+     "--tls-cert /nonexistent/cert.pem: No such file or directory"),
+    (["--tls-cert", os.path.join(ROOT, "tests", "tls", "cert.pem"),
+      "--tls-key", "/nonexistent/k"],
+     "--tls-key /nonexistent/k: No such file or directory"),
+    (["--tls-cert", os.path.join(ROOT, "README.md"),
+      "--tls-key", os.path.join(ROOT, "README.md")],
+     "not a PEM certificate and its key"),
+    (["--tls-cert", os.path.join(ROOT, "tests", "tls", "cert.pem")],
+     "--tls-cert and --tls-key go together"),
+], ids=["port-high", "port-negative", "rate", "clients", "timeout",
+        "no-cert", "no-key", "not-pem", "cert-alone"])
+def test_a_bad_option_is_one_line_and_status_2(args, message):
+    """Each bad option: one line on stderr naming the option and what is
+    wrong, exit status 2, no traceback, and nothing bound (no password
+    made, no "listening")."""
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "server.py"), *args],
+        capture_output=True, text=True, timeout=DEADLINE,
+        stdin=subprocess.DEVNULL)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("server.py: error: ") and message in lines[0]
+    assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+def test_help_names_the_password_pw():
+    """--help shows ``--admin-password PW``, not ADMIN_PASSWORD."""
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "server.py"),
+                           "--help"], capture_output=True, text=True,
+                          timeout=DEADLINE)
+    assert "--admin-password PW" in done.stdout
+    assert "--admin-password ADMIN_PASSWORD" not in done.stdout
