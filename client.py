@@ -330,8 +330,9 @@ def echo_for(line: str, prompt: str, partner: str) -> Optional[str]:
 
     * ``-to NICK text`` reads as if typed at NICK's prompt, without the
       command: ``[to NICK]> text``; ``-all text`` as ``[everyone]> text``;
-    * ``-admin PASSWORD`` reads ``-admin ********``: the password does not
-      stay on the screen, and eight stars whatever its length;
+    * ``-admin PASSWORD`` reads ``[everyone]> -admin ********`` (after
+      the prompt it was typed at): the password does not stay on the
+      screen, and eight stars whatever its length;
     * a plain line stays as typed: the prompt says where it went (unless
       the partner changed while it was being typed, if the server was slow
       to confirm a ``-to``: then it gets the prompt of where it went);
@@ -347,7 +348,9 @@ def echo_for(line: str, prompt: str, partner: str) -> Optional[str]:
         # -to NICK text, -all text (whose target is "", everyone)
         return prompt_for(command.target) + command.text
     if spec.client == protocol.HIDE:
-        return line.split(None, 1)[0] + " ********"
+        # Rewriting replaces the prompt too (see Terminal.rewrite_typed):
+        # put it back, so that this line reads like every other one.
+        return prompt + line.split(None, 1)[0] + " ********"
     if command.name == "say" and prompt_for(partner) != prompt:
         return prompt_for(partner) + line
     return None

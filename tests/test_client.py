@@ -399,10 +399,11 @@ def test_screen_position_and_rows(text: str, columns: int, position,
      "[everyone]> the meeting starts"),
     ("-all hi", "[everyone]> ", "", "[everyone]> hi"),
     # The password does not stay on the screen, nor its length.
-    ("-admin secret", "[everyone]> ", "", "-admin ********"),
+    # It keeps the prompt it was typed at, as every rewritten line does.
+    ("-admin secret", "[everyone]> ", "", "[everyone]> -admin ********"),
     ("-admin a much longer pass phrase", "[to bob]> ", "bob",
-     "-admin ********"),
-    ("-ADMIN pw", "[everyone]> ", "", "-ADMIN ********"),
+     "[to bob]> -admin ********"),
+    ("-ADMIN pw", "[everyone]> ", "", "[everyone]> -ADMIN ********"),
     # A plain line: the prompt already says where it went...
     ("hello", "[everyone]> ", "", None),
     ("hello", "[to bob]> ", "bob", None),
@@ -636,7 +637,7 @@ def test_no_resume_once_the_server_ended_the_chat(last_word: str) -> None:
 
 def test_a_typed_resume_has_its_token_starred_out() -> None:
     assert client.echo_for(f"-resume {TOKEN}", "[everyone]> ", "") == \
-        "-resume ********"
+        "[everyone]> -resume ********"
     spec = protocol.COMMANDS_BY_NAME["resume"]
     assert spec.client == protocol.HIDE  # so handle_line forgets it too
 

@@ -426,7 +426,8 @@ def test_sent_lines_are_rewritten_to_show_where_they_went(
     alice.expect("-to bob hello\r\n\x1b[1A\r\x1b[J[to bob]> hello\r\n")
     alice.expect("[everyone]> ")
     alice.write("-admin secret\r")
-    alice.expect("\x1b[1A\r\x1b[J-admin ********\r\n")
+    # The password starred out, after the prompt it was typed at.
+    alice.expect("\x1b[1A\r\x1b[J[everyone]> -admin ********\r\n")
     alice.expect("wrong admin password")
     alice.expect("[everyone]> ")
     alice.write("just typed\r")  # a plain line stays as typed
@@ -442,7 +443,7 @@ def test_sent_lines_are_rewritten_to_show_where_they_went(
     shown = screen(alice.output, alice.columns)
     assert shown[-6:] == [
         "[to bob]> hello",
-        "-admin ********",
+        "[everyone]> -admin ********",
         "! wrong admin password (2 tries left)",
         "[everyone]> just typed",
         "[everyone]> hi all",
