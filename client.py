@@ -48,6 +48,16 @@ receives while the main thread encrypts what it sends, without two threads
 ever sharing an ``ssl.SSLSocket``.
 
 The wire protocol (lines of UTF-8 text) lives in ``protocol.py``.
+
+Exit statuses:
+
+* 0: the chat ended normally: you left (``-exit``, Ctrl+D, Ctrl+C,
+  SIGTERM, the end of piped input, or gave up choosing a nickname), an
+  admin kicked you, or the server shut down;
+* 1: something went wrong: could not connect or join, lost the connection
+  and could not get back in (or the server keeps no seats), your seat was
+  taken over by another connection, or nobody reads the output any more;
+* 2: a mistake on the command line (argparse's usage message).
 """
 
 from __future__ import annotations
@@ -388,6 +398,7 @@ class ChatState:
         #: memory only: never shown, never written anywhere.
         self.token: Optional[str] = None
         self.shut_down = False  # the server said it is shutting down
+        self.kicked = False     # an admin sent us away
         self.sent_away = False  # kicked, or our seat went to another link
         self.hint_shown = False  # the commands hint, shown once per run
         self._changed = threading.Condition()
@@ -418,7 +429,9 @@ class ChatState:
             return
         if protocol.is_shutdown(line):
             self.shut_down = True
-        if line.startswith(_KICKED) or line == protocol.format_replaced():
+        if line.startswith(_KICKED):
+            self.kicked = self.sent_away = True
+        if line == protocol.format_replaced():
             self.sent_away = True
         change = protocol.partner_change(line)
         welcomed = protocol.welcomed_nick(line)
@@ -611,8 +624,10 @@ def read_from_server(link: Link, terminal: Terminal, state: ChatState,
         link.lost()
         if link.leaving.is_set():
             break
-        if state.shut_down:
-            exit_now(terminal, None, 0)  # the server's notice said it all
+        if state.shut_down or state.kicked:
+            # The server's last line said it all; and a chat ended on
+            # purpose is no error of ours (see the exit statuses above).
+            exit_now(terminal, None, 0)
         if dial is None or not state.may_resume():
             exit_now(terminal, f"Disconnected: {problem}.", 1)
         try:

@@ -999,18 +999,22 @@ def test_without_a_token_a_lost_connection_ends_the_program(
     assert exits == [("Disconnected: the server closed the connection.", 1)]
 
 
-@pytest.mark.parametrize("last, status", [
-    (protocol.format_shutdown(), 0),
-    (protocol.format_you_were_kicked("bob"), 1),
-    (protocol.format_replaced(), 1),
+@pytest.mark.parametrize("last, message, status", [
+    # The server's line says it all, and ending the chat on purpose is no
+    # error of the client's: status 0, and no "Disconnected" line.
+    (protocol.format_shutdown(), None, 0),
+    (protocol.format_you_were_kicked("bob"), None, 0),
+    (protocol.format_you_were_kicked("bob", "enough"), None, 0),
+    (protocol.format_replaced(),
+     "Disconnected: the server closed the connection.", 1),
 ])
 def test_no_reconnect_when_the_server_ends_the_chat(
-        ends, exits, last: str, status: int) -> None:
+        ends, exits, last: str, message, status: int) -> None:
     server = ends(protocol.format_resume_token(TOKEN), last, close=True)
     dial = Dialer()
     shown = _read(client.Link(server.conn), client.ChatState("alice"), dial)
     assert shown == last + "\n"
-    assert exits[0][1] == status
+    assert exits == [(message, status)]
     assert dial.calls == 0
 
 
