@@ -53,7 +53,10 @@ class Commands:
         if partner is None:
             self._say_to_all(member, command.text)
         elif partner.state not in (ONLINE, DETACHED):
-            self._refuse(member, protocol.format_partner_gone(partner.nick))
+            again = self._by_key.get(protocol.nick_key(partner.nick))
+            self._refuse(member, protocol.format_partner_came_back(
+                partner.nick) if again is not None
+                else protocol.format_partner_gone(partner.nick))
         else:
             self._send(partner, protocol.format_private(member.nick,
                                                         command.text))

@@ -523,6 +523,14 @@ def format_partner_gone(nick: str) -> str:
         " Choose with -to NICK or -all")
 
 
+def format_partner_came_back(nick: str) -> str:
+    """Your partner left, and someone took the nickname since: maybe the
+    same person, maybe not, so nothing goes to them unasked."""
+    return format_error(
+        f"{nick} left and came back; message not sent. Type -to {nick}"
+        " again to talk to them")
+
+
 def format_no_such_user(nick: str) -> str:
     return format_error(f"no such user: {nick[:40]}; type -users to see who is"
                         " online")
@@ -544,7 +552,8 @@ def format_admin_refused(tries_left: int) -> str:
     if tries_left <= 0:
         return format_error(
             "wrong admin password; no more tries on this connection")
-    return format_error(f"wrong admin password ({tries_left} tries left)")
+    tries = "1 try" if tries_left == 1 else f"{tries_left} tries"
+    return format_error(f"wrong admin password ({tries} left)")
 
 
 def format_admin_locked() -> str:

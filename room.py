@@ -363,6 +363,10 @@ class Room(Commands):
 
     def _format_users(self, members: Sequence[Member], me: Member,
                       total: Optional[int] = None) -> str:
+        """The users line: ``me`` first, then the others in the order they
+        joined (the same order on joining and for ``-users``)."""
+        if me in members:
+            members = [me] + [m for m in members if m is not me]
         return protocol.format_users(
             [m.nick for m in members], me.nick,
             [m.nick for m in members if m.is_admin], total,

@@ -750,8 +750,10 @@ def test_seat_is_given_up_when_the_grace_period_is_over():
                            protocol.format_nick_prompt()]
     chat.say(joining, "alice")
     assert joining.state == ONLINE and joining is not case.alice
-    chat.say(case.bob, "to the new alice")  # bob's partner left: refused
-    assert case.b_link.take()[-1] == protocol.format_partner_gone("alice")
+    # bob's partner left, and a new alice came: refused, and told so.
+    chat.say(case.bob, "to the new alice")
+    assert case.b_link.take()[-1] == protocol.format_partner_came_back(
+        "alice")
 
 
 def test_resume_while_the_old_link_is_open_replaces_it():

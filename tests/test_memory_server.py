@@ -322,7 +322,7 @@ def test_resume_while_the_old_connection_is_open_replaces_it(make_server,
     wait_until(lambda: server.connection_count == 2,
                what="the old connection's handler to end")
     bob.send("-users")
-    bob.next_is(protocol.format_users(["alice", "bob"], "bob"))
+    bob.next_is(protocol.format_users(["bob", "alice"], "bob"))
 
 
 def test_connection_cut_by_the_server_keeps_no_seat(make_server, clients):

@@ -188,3 +188,11 @@ def test_every_server_line_is_one_line():
              protocol.format_joined_many(["a"] * 100)]
     for text in texts:
         assert "\n" not in text and protocol.encode_line(text).endswith(b"\n")
+
+
+def test_counts_read_right_in_the_singular():
+    """"1 try left", "1 line came": never "1 tries", "1 lines"."""
+    assert protocol.format_admin_refused(2).endswith("(2 tries left)")
+    assert protocol.format_admin_refused(1).endswith("(1 try left)")
+    assert protocol.format_missed(1).startswith("* 1 line came")
+    assert protocol.format_missed(3).startswith("* 3 lines came")

@@ -588,15 +588,22 @@ def test_say_goes_to_the_partner_only(trio):
 
 def test_say_to_a_partner_who_left_is_refused(trio):
     """When the partner has gone, a plain line is refused to the sender
-    and reaches nobody, not even a newcomer with the partner's name."""
+    and reaches nobody, not even a newcomer with the partner's name; the
+    refusal says which: gone, or left and came back (then -to again)."""
     room, [(alice, a), (bob, _), (_, c)] = trio
     say(room, alice, "-to bob")
     say(room, bob, "-exit")
-    _, new_bob = join(room, "bob")
     drain(a, c)
     say(room, alice, "are you there?")
     assert a.take() == [protocol.format_partner_gone("bob")]
+    _, new_bob = join(room, "bob")
+    drain(a, c)
+    say(room, alice, "are you there?")
+    assert a.take() == [protocol.format_partner_came_back("bob")]
     assert c.take() == [] and new_bob.take() == []
+    say(room, alice, "-to bob")
+    say(room, alice, "now you")
+    assert new_bob.take() == [protocol.format_private("alice", "now you")]
 
 
 def test_say_with_nobody_else_is_refused():
@@ -661,16 +668,24 @@ def test_all_alone_is_refused():
 
 
 def test_users_marks_you_and_admins(trio):
-    """-users lists everyone online, marking the asker and the admins."""
+    """-users lists everyone online, marking the asker and the admins:
+    the asker first, then the others in the order they joined, as in
+    the list shown on joining."""
     room, [(alice, a), (bob, b), _] = trio
     make_admin(room, alice, a)
     say(room, bob, "-users")
     (line,) = b.take()
-    assert line == protocol.format_users(["alice", "bob", "carol"], "bob",
+    assert line == protocol.format_users(["bob", "alice", "carol"], "bob",
                                          ["alice"])
-    assert line == "* Online (3): alice (admin), bob (you), carol"
+    assert line == "* Online (3): bob (you), alice (admin), carol"
     say(room, alice, "-users")
     assert a.take() == ["* Online (3): alice (you, admin), bob, carol"]
+    _, d = join(room, "dave")
+    on_joining = [line for line in d.lines if line.startswith("* Online")]
+    say(room, room._by_key["dave"], "-users")
+    assert d.take()[-1] == on_joining[0]
+    assert on_joining[0] == "* Online (4): dave (you), alice (admin), bob," \
+        " carol"
 
 
 def test_users_takes_no_arguments(trio):

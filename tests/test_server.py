@@ -107,11 +107,16 @@ def test_partner_who_left(server, clients):
     alice.next_is(protocol.format_left("bob"))
     alice.send("are you there?")
     alice.next_is(protocol.format_partner_gone("bob"))
-    # A new user taking the nick is not the old partner.
-    clients(server, "bob")
+    # A new user taking the nick is not the old partner: nothing goes to
+    # them unasked, and alice is told how to talk to them.
+    new_bob = clients(server, "bob")
     alice.next_is(protocol.format_joined("bob"))
     alice.send("still there?")
-    alice.next_is(protocol.format_partner_gone("bob"))
+    alice.next_is(protocol.format_partner_came_back("bob"))
+    alice.send("-to bob")
+    alice.next_is(protocol.format_partner("bob"))
+    alice.send("hello again")
+    new_bob.next_is("[private] alice: hello again")
 
 
 def test_errors_go_to_sender_only(server, clients):
@@ -144,7 +149,7 @@ def test_users_marks_you_and_admins(server, clients):
     alice.send(f"-admin {ADMIN_PASSWORD}")
     alice.next_is(protocol.format_admin_granted())
     bob.send("-users")
-    bob.next_is("* Online (2): alice (admin), bob (you)")
+    bob.next_is("* Online (2): bob (you), alice (admin)")
 
 
 def test_help_lists_commands(server, clients):
