@@ -17,7 +17,8 @@ the Terminal). In return this module promises:
   without ``NO_COLOR``, not with ``TERM=dumb`` or the classic Windows
   console);
 * the terminal's settings are put back as they were found, even before a
-  hard exit (:meth:`Terminal.finish`);
+  hard exit (:meth:`Terminal.finish`), and what was half typed at the
+  prompt then stays on the screen, ``(not sent: ...)``;
 * when nobody reads the output any more (``client.py | head -1``), the
   write that finds out raises :class:`OutputClosed`, once; from then on
   output goes quietly to the null device.
@@ -304,6 +305,7 @@ class InputLine:
     def __init__(self, prompt: str, typed: str, cursor: int, columns: int,
                  dumb: bool) -> None:
         self.text = prompt + typed
+        self.typed = typed
         self.columns = max(columns, 1)
         self.dumb = dumb  # a terminal without cursor movement
         self.end = text_width(self.text)
@@ -341,6 +343,15 @@ class InputLine:
         rows_up = start[0] - to[0]
         return ((f"\x1b[{rows_up}A" if rows_up > 0 else "") + "\r"
                 + (f"\x1b[{to[1]}C" if to[1] else ""))
+
+
+def _unsent_note(typed: str) -> str:
+    """``typed``, half-typed text left at the prompt when the program ends,
+    as a line of its own to print so that it is not lost ("" for none).
+    Sanitised: it may hold a control character typed with Ctrl+V."""
+    if not typed.strip():
+        return ""
+    return f"(not sent: {sanitize(typed)})\n"
 
 
 class OutputClosed(Exception):
@@ -423,11 +434,18 @@ class Terminal:
 
     def finish(self, text: Optional[str]) -> None:
         """Last output before a hard exit: clear the prompt line, print
-        ``text`` (if any) and put the terminal back as we found it."""
+        ``text`` (if any) and put the terminal back as we found it.
+
+        What the user had typed at the prompt, and not sent yet, is kept:
+        it is printed on a line of its own, ``(not sent: ...)``, before
+        ``text``; the user may want to send it again somewhere. (Only with
+        readline: without it, the terminal driver holds what was typed.)
+        """
         with self._lock:
             try:
                 if self._prompt_on_screen() and self._readline is not None:
-                    self._write(self._input_line().clear())
+                    line = self._input_line()
+                    self._write(line.clear() + _unsent_note(line.typed))
                 if text:
                     self._write(text + "\n")
             except OutputClosed:

@@ -484,6 +484,61 @@ def test_no_rewrite_of_what_cannot_be_measured(monkeypatch,
     assert out.getvalue() == ""
 
 
+# --- The last output before a hard exit -------------------------------------
+
+
+class _FakeReadline:
+    """What Terminal uses of readline while input() waits: the line typed
+    so far."""
+
+    def __init__(self, typed: str) -> None:
+        self.typed = typed
+
+    def get_line_buffer(self) -> str:
+        return self.typed
+
+
+def _typing(monkeypatch, typed: str) -> Tuple[Terminal, io.StringIO]:
+    """A Terminal as it is while input() waits at ``[everyone]> `` with
+    ``typed`` typed so far (readline stood in for: it needs a terminal)."""
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.setenv("COLUMNS", "80")
+    out = io.StringIO()
+    terminal = Terminal(interactive=False, colour=False, out=out)
+    terminal._readline = _FakeReadline(typed)  # type: ignore[assignment]
+    terminal._rl_point = None
+    terminal._rl_done = ctypes.c_int(0)  # Enter not pressed
+    terminal._prompt = "[everyone]> "
+    terminal._reading = True
+    terminal._prompt_drawn.set()
+    return terminal, out
+
+
+def test_finish_keeps_the_half_typed_line(monkeypatch) -> None:
+    # The server went away mid-line: what was typed is not lost with the
+    # prompt, but printed on a line of its own, before the last word.
+    terminal, out = _typing(monkeypatch, "half \x1b[2Jtyped")
+    terminal.finish("* Could not reconnect: gave up.")
+    assert out.getvalue() == ("\r\x1b[J(not sent: half typed)\n"
+                              "* Could not reconnect: gave up.\n")
+
+
+@pytest.mark.parametrize("typed", ["", "   "])
+def test_finish_without_typed_text_prints_no_note(monkeypatch,
+                                                  typed: str) -> None:
+    terminal, out = _typing(monkeypatch, typed)
+    terminal.finish(None)
+    assert out.getvalue() == "\r\x1b[J"
+
+
+def test_finish_after_enter_prints_no_note(monkeypatch) -> None:
+    # Once Enter is pressed the line is being sent, not half typed.
+    terminal, out = _typing(monkeypatch, "sent")
+    terminal._rl_done = ctypes.c_int(1)
+    terminal.finish("bye")
+    assert out.getvalue() == "bye\n"
+
+
 # --- Output to a pipe nobody reads -------------------------------------------
 
 

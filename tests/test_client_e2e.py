@@ -538,9 +538,15 @@ def test_server_shutdown_ends_the_client_by_itself(spawn, server,
     alice = joined(spawn)
     alice.write("never finished")
     alice.expect("never finished")
+    alice.wait_idle()
     bob.send("down server")
     assert alice.wait_exit(timeout=3) == 0
     alice.expect("* Server is shutting down")
+    # The half-typed line is not lost: it stays, on a line of its own.
+    alice.expect("(not sent: never finished)")
+    shown = screen(alice.output, alice.columns)
+    assert shown[-2].startswith("* Server is shutting down")
+    assert shown[-1] == "(not sent: never finished)"
     alice.assert_terminal_restored()
 
 
@@ -560,6 +566,7 @@ def test_being_kicked_ends_the_client_by_itself(spawn, server,
     alice.expect("! you were kicked by bob: enough")
     assert b"Disconnected" not in alice.output
     assert b"the server closed the connection" not in alice.output
+    alice.expect("(not sent: half typed)")
     alice.assert_terminal_restored()
 
 
@@ -647,9 +654,11 @@ def test_lost_connection_ends_the_client(spawn, fake_server) -> None:
     alice.expect("[everyone]> ")
     alice.write("half")
     alice.expect("half")
+    alice.wait_idle()
     fake_server.close()
     assert alice.wait_exit(timeout=3) == 1
-    alice.expect("the server closed the connection")
+    alice.expect("(not sent: half)\r\n")  # kept, on a line of its own
+    alice.expect("* Disconnected: the server closed the connection.")
     alice.assert_terminal_restored()
 
 

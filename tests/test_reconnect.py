@@ -279,6 +279,38 @@ def test_a_restarted_server_gets_the_same_nickname_again(
     assert "typed while away" not in " ".join(bob.seen)
 
 
+def test_giving_up_keeps_the_half_typed_line(make_server, clients,
+                                             proxy_to, alice_via) -> None:
+    # The server restarts without alice's seat, and someone else has
+    # taken her nickname: she cannot get back in, and the client ends;
+    # what she had typed stays on the screen.
+    first = make_server(resume_grace=GRACE)
+    port = first.address[1]
+    proxy = proxy_to(first.address)
+    alice = alice_via(proxy)
+    proxy.hold()
+    proxy.drop()
+    alice.expect("reconnecting...")
+    alice.expect("[everyone]> ")
+    alice.wait_idle()
+    alice.write("half typed")
+    alice.expect("half typed")  # echoed: readline has it
+    alice.wait_idle()
+    first.stop()
+    second = make_server(port=port, resume_grace=GRACE)
+    clients(second, "alice")
+    proxy.release()
+    assert alice.wait_exit() == 1
+    alice.expect("(not sent: half typed)\r\n")
+    alice.expect("* Could not reconnect: nickname 'alice' refused: it is"
+                 " taken")
+    alice.assert_terminal_restored()
+    shown = [row for row in screen(alice.output, alice.columns) if row]
+    assert shown[-2] == "(not sent: half typed)"
+    assert shown[-1].startswith("* Could not reconnect: ")
+    assert not any(row.startswith("[everyone]> half") for row in shown)
+
+
 # --- Leaving while it retries ------------------------------------------------
 
 
