@@ -153,12 +153,17 @@ def _ssl_reason(error: ssl.SSLError) -> str:
     return re.sub(r" \(_ssl\.c:\d+\)$", "", text)
 
 
-def _certificate_problem(error: ssl.SSLCertVerificationError,
-                         where: str) -> str:
-    """One line for a certificate the server showed that we do not trust."""
+def _certificate_problem(error: ssl.SSLCertVerificationError, where: str,
+                         cafile: Optional[str] = None) -> str:
+    """One line for a certificate the server showed that we do not trust,
+    checked against ``cafile`` (the --cafile given, if any)."""
     why = (error.verify_message or _ssl_reason(error)).rstrip(".")
     message = f"{where}: certificate verify failed: {why}"
-    if error.verify_code in _UNTRUSTED_CODES:
+    if error.verify_code in _UNTRUSTED_CODES and cafile:
+        # The user trusted a file already: telling them to give one would
+        # mislead; the file they gave is what does not fit.
+        message += f"; the server's certificate is not signed by {cafile}"
+    elif error.verify_code in _UNTRUSTED_CODES:
         message += ("; for a self-signed server use --cafile server.pem"
                     " (the server's certificate)")
     elif error.verify_code in _NAME_MISMATCH_CODES:
@@ -174,9 +179,12 @@ def _looks_like_text(data: bytes) -> bool:
 
 
 def start_tls(sock: socket.socket, host: str, where: str,
-              context: ssl.SSLContext) -> transport.TLSLayer:
+              context: ssl.SSLContext,
+              cafile: Optional[str] = None) -> transport.TLSLayer:
     """Run the TLS handshake on a connected socket, all of it within the
-    socket's timeout. Raises OSError with one line fit to show."""
+    socket's timeout. ``cafile`` is the file ``context`` trusts, if one
+    was given (for the message). Raises OSError with one line fit to
+    show."""
     tls = transport.TLSLayer(context, server_hostname=host)
     first: List[bytes] = []
     seconds = sock.gettimeout() or CONNECT_TIMEOUT
@@ -189,7 +197,7 @@ def start_tls(sock: socket.socket, host: str, where: str,
             sock.sendall(tls.encrypt(b""))
         except OSError:
             pass
-        raise OSError(_certificate_problem(error, where)) from None
+        raise OSError(_certificate_problem(error, where, cafile)) from None
     except ssl.SSLError as error:
         if first and _looks_like_text(first[0]):
             reason = "the server answered in plain text"
@@ -206,9 +214,11 @@ def start_tls(sock: socket.socket, host: str, where: str,
 
 
 def connect(host: str, port: int,
-            tls_context: Optional[ssl.SSLContext] = None) -> Connection:
-    """Connect to the server, over TLS with ``tls_context``. Raises OSError
-    with a message fit to show."""
+            tls_context: Optional[ssl.SSLContext] = None,
+            cafile: Optional[str] = None) -> Connection:
+    """Connect to the server, over TLS with ``tls_context`` (which trusts
+    ``cafile``, if one was given). Raises OSError with a message fit to
+    show."""
     where = format_address(host, port)
     try:
         sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
@@ -231,7 +241,8 @@ def connect(host: str, port: int,
     tls = None
     if tls_context is not None:
         try:
-            tls = start_tls(sock, host, where, tls_context)  # with timeout
+            # Within the socket's timeout.
+            tls = start_tls(sock, host, where, tls_context, cafile)
         except OSError:
             sock.close()
             raise
@@ -958,7 +969,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.insecure:
             print(INSECURE_WARNING, file=sys.stderr, flush=True)
     try:
-        conn = connect(args.host, args.port, tls_context)
+        conn = connect(args.host, args.port, tls_context, args.cafile)
     except OSError as error:
         return fail(str(error))
     try:
@@ -971,7 +982,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         def dial() -> Connection:
             """A new connection to the same server, the same way."""
-            return connect(args.host, args.port, tls_context)
+            return connect(args.host, args.port, tls_context, args.cafile)
 
         return run(conn, terminal, args.nick, dial)
     except OutputClosed:

@@ -135,7 +135,11 @@ def test_wrong_ca_is_refused_and_the_server_carries_on(tls_server, clients,
                         stdin="mallory\n")
     line = one_line_error(result)
     assert "certificate verify failed: self-signed certificate" in line
-    assert "for a self-signed server use --cafile server.pem" in line
+    # A --cafile was given: the hint to give one would mislead; say what is
+    # wrong with the one given instead.
+    assert line.endswith(f"; the server's certificate is not signed by"
+                         f" {OTHER_CA}")
+    assert "use --cafile server.pem" not in line
     # The client told the server why (a TLS alert), and the server went on.
     wait_until(lambda: any("TLS handshake failed" in message
                            for message in log_messages(caplog)),
@@ -147,7 +151,26 @@ def test_system_cas_do_not_trust_a_self_signed_server(tls_server) -> None:
     result = run_client(tls_server.address[1], "--tls", stdin="bob\n")
     line = one_line_error(result)
     assert "certificate verify failed" in line
-    assert "--cafile server.pem" in line
+    # Without --cafile, the hint says how to trust a self-signed server.
+    assert line.endswith("; for a self-signed server use --cafile server.pem"
+                         " (the server's certificate)")
+
+
+@pytest.mark.parametrize("code, why", [
+    (18, "self-signed certificate"),
+    (20, "unable to get local issuer certificate"),
+])
+def test_the_hint_depends_on_whether_a_cafile_was_given(code: int,
+                                                        why: str) -> None:
+    error = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    error.verify_code, error.verify_message = code, why
+    where = "127.0.0.1:4321"
+    assert client._certificate_problem(error, where) == (
+        f"{where}: certificate verify failed: {why}; for a self-signed"
+        " server use --cafile server.pem (the server's certificate)")
+    assert client._certificate_problem(error, where, "ca.pem") == (
+        f"{where}: certificate verify failed: {why}; the server's"
+        " certificate is not signed by ca.pem")
 
 
 def test_a_certificate_for_another_name_is_refused(make_server) -> None:
