@@ -19,7 +19,10 @@ chat, it ends the whole program, since the main thread is stuck in
 
 Before that comes joining: :func:`connect` opens the :class:`Connection`,
 and :func:`register` agrees on a nickname with the server, asking you at a
-``nickname> `` prompt when needed.
+``nickname> `` prompt when needed (it answers ``-help`` there too). While
+you are asked, a thread listens to the server (:class:`JoinReader`), as
+the reader thread does in the chat: a server that shuts down, or gives up
+waiting for your nickname, ends the program at once, not at your Enter.
 
 A connection can also drop by accident. The server then keeps your seat
 for a while, with the lines that come for you, and it gave you a secret
@@ -64,6 +67,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
 import re
 import signal
 import socket
@@ -72,7 +76,7 @@ import sys
 import threading
 import time
 from typing import (Callable, Iterable, Iterator, List, NoReturn, Optional,
-                    Tuple)
+                    Tuple, Union)
 
 import protocol
 import transport
@@ -260,6 +264,9 @@ def show_notice(terminal: Terminal, text: str) -> None:
 
 #: The prompt for a nickname, under the server's question.
 NICK_PROMPT = "nickname> "
+#: Shown after -help at the nickname prompt.
+NICK_FIRST = ("Choose a nickname first, or -resume TOKEN; the other"
+              " commands work once you are in the chat.")
 
 
 class JoinError(Exception):
@@ -272,19 +279,24 @@ def register(conn: Connection, terminal: Terminal,
 
     ``nick`` (from ``--nick`` or the first piped line) is tried first; after
     that, or without it, the user is asked, if there is a terminal to ask
-    on. Returns None if the user gave up (Ctrl+D). Raises JoinError.
+    on. Returns None if the user gave up (Ctrl+D, ``-exit``) or the server
+    shut down (its notice is shown). Raises JoinError, or OSError if the
+    connection broke. While the user is asked, the server is still heard
+    (see :class:`JoinReader`): if it ends the connection then, the program
+    ends there and then.
     """
-    first = True
+    server = JoinReader(conn, terminal)
     while True:
-        line = _first_line(conn, terminal) if first else conn.read_line()
-        first = False
+        line = server.next_line()
         if line is None:
-            raise JoinError("the server closed the connection")
+            if server.shut_down:
+                return None  # the server's notice said it all
+            raise JoinError(CLOSED_BY_SERVER)
         if line == protocol.format_tls_required():
             # We spoke plain text to a TLS server; it said so, and closes.
             raise JoinError(sanitize(line[len(protocol.ERROR):]))
         if protocol.welcomed_nick(line) is not None:
-            terminal.show(render(line, "", terminal.colour))
+            server.show(line)
             return protocol.welcomed_nick(line)
         if line == protocol.format_nick_prompt():
             if nick is None:
@@ -294,19 +306,48 @@ def register(conn: Connection, terminal: Terminal,
                 # prompt in the style of the chat's: as the prompt itself,
                 # the question (65 columns) would leave too little room on
                 # its row for a nickname, or wrap in a narrow terminal.
-                terminal.show(render(line, "", terminal.colour))
-                nick = terminal.ask(NICK_PROMPT)
-                if nick is None or nick.lower() == "-exit":
+                server.show(line)
+                nick = ask_nick(server, terminal)
+                if nick is None:
                     return None  # Ctrl+D or -exit: the user gave up
-                if _is_secret(nick):  # -resume TOKEN, typed by hand
-                    terminal.forget_last_line()
-            conn.send_line(nick)
+            _send_nick(conn, nick)
             nick = None  # if refused, ask next time
         elif not terminal.interactive and line.startswith(protocol.ERROR):
             # Nobody to ask for another nickname: give up with the reason.
             raise JoinError(sanitize(line[len(protocol.ERROR):]))
         else:
-            terminal.show(render(line, "", terminal.colour))
+            server.show(line)
+
+
+def ask_nick(server: "JoinReader", terminal: Terminal) -> Optional[str]:
+    """Ask the user for a nickname; None if they give up (Ctrl+D or
+    ``-exit``). ``-help`` is answered here, as in the chat, and the user
+    asked again: the server would take it for a nickname, and refuse it.
+    A ``-resume TOKEN`` typed by hand is kept out of the input history."""
+    while True:
+        nick = server.ask(NICK_PROMPT)
+        if nick is None:
+            return None
+        _, spec = parse_typed(nick)
+        action = spec.client if spec is not None else protocol.SEND
+        if action == protocol.LEAVE:
+            return None
+        if action != protocol.LOCAL:
+            if _is_secret(nick):
+                terminal.forget_last_line()
+            return nick
+        LOCAL_COMMANDS[spec.name](terminal)  # type: ignore[union-attr]
+        show_notice(terminal, NICK_FIRST)
+
+
+def _send_nick(conn: Connection, nick: str) -> None:
+    """Send the nickname. If the connection has just broken, say nothing:
+    reading finds that out too, after the server's last lines (why it
+    closed: a timeout, a shutdown), which are worth more than EPIPE."""
+    try:
+        conn.send_line(nick)
+    except OSError:
+        pass
 
 
 def _is_secret(line: str) -> bool:
@@ -330,6 +371,114 @@ def _first_line(conn: Connection, terminal: Terminal) -> Optional[str]:
         finally:
             conn.sock.settimeout(None)
     return conn.read_line()
+
+
+#: What JoinReader's thread hands on: a line; None, the end of the
+#: connection; or the error that broke it.
+_Heard = Union[str, None, BaseException]
+
+
+class JoinReader:
+    """The server's lines while we join, for :func:`register`.
+
+    The main thread reads them itself (:meth:`next_line`) until the user
+    must be asked for a nickname. From then on a thread of its own reads
+    them, so that the server is heard while the main thread waits in
+    ``input()``, as in the chat. While the user is being asked
+    (:meth:`ask`), what comes is shown at once, above the prompt; and if
+    the connection ends then (the server shuts down, or gives up waiting
+    for a nickname), the program ends, as the chat's reader thread ends
+    it (:func:`exit_now`): there is no waking the main thread. Otherwise
+    the lines wait in a queue for :meth:`next_line`, in order. The thread
+    stops reading at the welcome, which it queues last, so that the
+    chat's reader thread can take over the connection.
+    """
+
+    def __init__(self, conn: Connection, terminal: Terminal) -> None:
+        self._conn = conn
+        self._terminal = terminal
+        self._first = True  # the first line may be slow: see _first_line
+        self._queue: "queue.Queue[_Heard]" = queue.Queue()
+        self._thread: Optional[threading.Thread] = None
+        # Held to decide where a line goes: shown now, or queued.
+        self._lock = threading.Lock()
+        self._asking = False
+        #: The server's shutdown notice was shown.
+        self.shut_down = False
+
+    def next_line(self) -> Optional[str]:
+        """The server's next line, or None when it closed the connection.
+        Raises OSError or protocol.FramingError if the connection broke.
+        Not to be called again after None, an error, or the welcome."""
+        if self._thread is None:
+            first, self._first = self._first, False
+            return (_first_line(self._conn, self._terminal) if first
+                    else self._conn.read_line())
+        heard = self._queue.get()
+        if isinstance(heard, BaseException):
+            raise heard
+        return heard
+
+    def show(self, line: str) -> None:
+        """Show a server line (and take note of a shutdown notice)."""
+        if protocol.is_shutdown(line):
+            self.shut_down = True
+        self._terminal.show(render(line, "", self._terminal.colour))
+
+    def ask(self, prompt: str) -> Optional[str]:
+        """Ask the user (see :meth:`Terminal.ask`) while the server is
+        heard, as the class says; the typed line, stripped, or None at
+        Ctrl+D. Raises KeyboardInterrupt at Ctrl+C."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._read, daemon=True,
+                                            name="join-reader")
+            start_thread(self._thread)
+        with self._lock:
+            self._asking = True
+            # What came before we asked was not answered either: show it.
+            while not self._queue.empty():
+                self._heard_while_asking(self._queue.get_nowait())
+        try:
+            return self._terminal.ask(prompt)
+        finally:
+            with self._lock:
+                self._asking = False
+
+    def _read(self) -> None:
+        """The thread: read lines until the welcome or the end."""
+        while True:
+            heard: _Heard
+            try:
+                heard = self._conn.read_line()
+            except (OSError, protocol.FramingError) as error:
+                heard = error
+            with self._lock:
+                if self._asking:
+                    self._heard_while_asking(heard)  # the end: exits
+                else:
+                    self._queue.put(heard)
+                    if isinstance(heard, str) and protocol.welcomed_nick(
+                            heard) is not None:
+                        return  # the chat's reader thread takes over
+            if not isinstance(heard, str):
+                return  # the connection has ended
+
+    def _heard_while_asking(self, heard: _Heard) -> None:
+        """Show a line that came while the user is asked; if the
+        connection ended, end the program. Call with the lock held."""
+        try:
+            if isinstance(heard, str):
+                self.show(heard)
+            elif self.shut_down:
+                exit_now(self._terminal, None, 0)  # the notice said it all
+            else:
+                # As run() reports a failure to join (with fail()).
+                problem = (CLOSED_BY_SERVER if heard is None
+                           else _reason(heard))
+                exit_now(self._terminal, f"cannot join the chat: {problem}",
+                         1, stderr=True)
+        except OutputClosed:
+            exit_now(self._terminal, None, 1)  # nobody reads us: quietly
 
 
 # --- Chatting ----------------------------------------------------------------
@@ -607,9 +756,11 @@ def receive(link: Link, terminal: Terminal, state: ChatState) -> str:
     return problem
 
 
-def exit_now(terminal: Terminal, message: Optional[str],
-             status: int) -> NoReturn:
-    """End the program from the reader thread, showing ``message`` last.
+def exit_now(terminal: Terminal, message: Optional[str], status: int,
+             stderr: bool = False) -> NoReturn:
+    """End the program from a reader thread, showing ``message`` last:
+    as a notice of ours, or with ``stderr``, as :func:`fail` reports a
+    fatal problem (on stderr, after the terminal is put back).
 
     The main thread is most likely blocked in input(), and there is no
     portable way to wake it up, so we end the process from here: restore
@@ -618,8 +769,12 @@ def exit_now(terminal: Terminal, message: Optional[str],
     which does not wait for the main thread. It is also robust: it works
     whatever the main thread is doing.
     """
-    terminal.finish(render(local_notice(message), "", terminal.colour)
-                    if message else None)
+    if message and not stderr:
+        terminal.finish(render(local_notice(message), "", terminal.colour))
+    else:
+        terminal.finish(None)
+    if message and stderr:
+        fail(message)
     os._exit(status)
 
 
@@ -658,10 +813,17 @@ def start_reader(link: Link, terminal: Terminal, state: ChatState,
     reader = threading.Thread(target=read_from_server, name="reader",
                               args=(link, terminal, state, dial),
                               daemon=True)
+    start_thread(reader)
+    return reader
+
+
+def start_thread(thread: threading.Thread) -> None:
+    """Start a thread that reads from the server, with the signals that
+    belong to the main thread blocked in it."""
     # The kernel hands a signal to any thread that does not block it. Ctrl+C
     # (SIGINT), like SIGTERM, must reach the main thread: only there does it
     # interrupt input(). Window resizes (SIGWINCH) belong to readline, also
-    # there. So the reader starts with them blocked: a new thread inherits
+    # there. So a reader starts with them blocked: a new thread inherits
     # the signal mask of the thread that starts it.
     blocked = {getattr(signal, name)
                for name in ("SIGINT", "SIGTERM", "SIGWINCH")
@@ -669,12 +831,11 @@ def start_reader(link: Link, terminal: Terminal, state: ChatState,
     if hasattr(signal, "pthread_sigmask"):  # not on Windows
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
         try:
-            reader.start()
+            thread.start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
     else:
-        reader.start()
-    return reader
+        thread.start()
 
 
 def show_help(terminal: Terminal) -> None:

@@ -575,8 +575,8 @@ class Terminal:
                     self._write("\n")
 
     def ask(self, prompt: str) -> Optional[str]:
-        """Ask a question, when nothing else is being printed (before the
-        reader thread starts)."""
+        """Ask a question: the answer typed, stripped, or None at end of
+        input; as :meth:`read_line` (lines shown meanwhile go above it)."""
         line = self.read_line(prompt)
         return None if line is None else line.strip()
 

@@ -16,6 +16,7 @@ import pytest
 
 import client
 import protocol
+from helpers import DEADLINE, wait_until
 from terminal import (BOLD, ERROR_STYLE, HISTORY_STYLE, MENTION_STYLE,
                       NOTICE_STYLE, PRIVATE_STYLE, RESET, InputLine,
                       OutputClosed, Terminal, _ESCAPE_SEQUENCE_RE, render,
@@ -1024,13 +1025,14 @@ class Exited(Exception):
 
 
 @pytest.fixture
-def exits(monkeypatch) -> List[Tuple[object, int]]:
-    """The (message, status) exit_now() was called with; it raises
-    Exited instead of ending the test run."""
-    calls: List[Tuple[object, int]] = []
+def exits(monkeypatch) -> List[Tuple[object, ...]]:
+    """The (message, status) exit_now() was called with (and "stderr"
+    with ``stderr``); it raises Exited instead of ending the test run."""
+    calls: List[Tuple[object, ...]] = []
 
-    def exit_now(terminal, message, status) -> None:
-        calls.append((message, status))
+    def exit_now(terminal, message, status, stderr=False) -> None:
+        calls.append((message, status, "stderr") if stderr
+                     else (message, status))
         raise Exited()
 
     monkeypatch.setattr(client, "exit_now", exit_now)
@@ -1113,3 +1115,90 @@ def test_the_reader_ends_quietly_when_the_user_leaves(ends) -> None:
                             Dialer())
     assert link.ended.is_set()
     assert out.getvalue() == ""
+
+
+# --- Heard while choosing a nickname -----------------------------------------
+
+
+@pytest.fixture
+def ended(monkeypatch) -> List[Tuple[object, ...]]:
+    """As ``exits``, but exit_now() returns: so that it may be called from
+    the thread that reads while the user is asked, and the test go on."""
+    calls: List[Tuple[object, ...]] = []
+
+    def exit_now(terminal, message, status, stderr=False) -> None:
+        calls.append((message, status, "stderr") if stderr
+                     else (message, status))
+
+    monkeypatch.setattr(client, "exit_now", exit_now)
+    return calls
+
+
+def _asking_terminal(ask: Callable[[str], object],
+                     ) -> Tuple[Terminal, io.StringIO]:
+    """A terminal that asks for a nickname, as a real one would, with
+    ``ask`` standing in for the user."""
+    terminal, out = _screen()
+    terminal.interactive = True
+    terminal.ask = ask  # type: ignore[method-assign]
+    return terminal, out
+
+
+@pytest.mark.parametrize("last, end", [
+    (protocol.format_register_timeout(),
+     ("cannot join the chat: the server closed the connection", 1,
+      "stderr")),
+    (protocol.format_shutdown(), (None, 0)),
+])
+def test_the_end_of_the_connection_at_the_nickname_prompt_ends_the_program(
+        ends, ended, last: str, end) -> None:
+    # The server's last line and its closing come while (or just before)
+    # the user is asked: they are shown, and the program is ended at
+    # once, without waiting for a nickname to be typed.
+    server = ends(PROMPT, last, close=True)
+
+    def ask(prompt: str) -> None:
+        wait_until(lambda: ended, what="the program to be ended")
+        return None  # Ctrl+D, had the program not ended
+
+    terminal, out = _asking_terminal(ask)
+    assert client.register(server.conn, terminal, None) is None
+    assert ended == [end]
+    assert out.getvalue().splitlines() == [PROMPT, last]
+    assert server.said() == []
+
+
+def test_lines_after_the_nickname_go_to_register_in_order(ends) -> None:
+    # Once the user has answered, the lines are register()'s again, in
+    # order; -help is answered at the prompt, not sent; the lines after
+    # the welcome are left on the connection for the chat's reader.
+    server = ends(PROMPT)
+    server.theirs.settimeout(DEADLINE)
+    server.conn.sock.settimeout(DEADLINE)  # fail rather than hang
+    said: List[str] = []
+
+    def play() -> None:  # the server: answers each nickname, until alice
+        with server.theirs.makefile("rb") as lines:
+            while "alice" not in said:
+                said.append(lines.readline().decode().rstrip("\n"))
+                replies = ([protocol.format_welcome("alice"),
+                            protocol.format_commands_hint()]
+                           if said[-1] == "alice" else
+                           [protocol.format_nick_taken(said[-1]), PROMPT])
+                server.theirs.sendall(b"".join(
+                    protocol.encode_line(line) for line in replies))
+
+    player = threading.Thread(target=play, daemon=True)
+    player.start()
+    answers = ["bob", "-help", "alice"]
+    terminal, out = _asking_terminal(lambda prompt: answers.pop(0))
+    assert client.register(server.conn, terminal, None) == "alice"
+    player.join(DEADLINE)
+    assert said == ["bob", "alice"]
+    assert answers == []
+    assert out.getvalue().splitlines() == [
+        PROMPT, protocol.format_nick_taken("bob"), PROMPT,
+        *protocol.format_help(), "* " + client.NICK_FIRST,
+        protocol.format_welcome("alice")]
+    left = server.conn.take_received() or [server.conn.read_line()]
+    assert left == [protocol.format_commands_hint()]

@@ -348,6 +348,89 @@ def test_ctrl_d_at_the_nickname_question_leaves(spawn) -> None:
     assert b"Traceback" not in alice.output
 
 
+def test_help_at_the_nickname_prompt_is_answered_locally(spawn, server,
+                                                         clients) -> None:
+    # The server would take "-help" for a nickname, and refuse it.
+    bob = clients(server, "bob")
+    alice = spawn()
+    alice.expect("nickname> ")
+    alice.write("-help\r")
+    alice.expect("send text to NICK only")  # the chat's -help
+    alice.expect("Choose a nickname first")
+    alice.expect("\r\nnickname> ")  # asked again
+    alice.write("alice\r")
+    alice.expect("* Welcome, alice!")
+    alice.expect("[everyone]> ")
+    bob.expect("* alice joined the chat")
+    assert b"refused" not in alice.output
+    shown = screen(alice.output, alice.columns)
+    help_rows = [row for row in shown if row.startswith("* -")]
+    assert help_rows == [row for row in protocol.format_help()
+                         if row.startswith("* -")]
+
+
+def test_shutdown_at_the_nickname_prompt_ends_the_client(
+        spawn, server, clients) -> None:
+    # Noticed at once, not after Enter; the half-typed name is kept.
+    bob = clients(server, "bob")
+    bob.send(f"-admin {ADMIN_PASSWORD}")
+    bob.expect(protocol.format_admin_granted())
+    alice = spawn()
+    alice.expect("nickname> ")
+    alice.write("ali")
+    alice.expect("ali")  # echoed: readline has it
+    alice.wait_idle()
+    bob.send("down server")
+    assert alice.wait_exit() == 0
+    alice.expect("* Server is shutting down")
+    alice.expect("(not sent: ali)")
+    assert b"cannot join" not in alice.output
+    alice.assert_terminal_restored()
+
+
+def test_registration_timeout_at_the_nickname_prompt_ends_the_client(
+        spawn, make_server) -> None:
+    server = make_server(register_timeout=0.5)
+    alice = spawn(port=server.address[1])
+    alice.expect("nickname> ")
+    # Nothing typed, no Enter: the client ends by itself.
+    assert alice.wait_exit() == 1
+    alice.expect("! timed out waiting for a nickname")
+    alice.expect("client.py: cannot join the chat: the server closed the"
+                 " connection")
+    alice.assert_terminal_restored()
+    shown = [row for row in screen(alice.output, alice.columns) if row]
+    assert shown[-2:] == [
+        "! timed out waiting for a nickname",
+        "client.py: cannot join the chat: the server closed the connection"]
+
+
+def test_a_line_while_choosing_a_nickname_keeps_the_typing(
+        spawn, fake_server) -> None:
+    # A line the server sends while the user is asked is shown above the
+    # prompt; the half-typed name is drawn again, and joining goes on.
+    alice = spawn(port=fake_server.port)
+    fake_server.accept()
+    alice.expect("nickname> ")
+    alice.write("al")
+    alice.expect("al")  # echoed: readline has it
+    alice.wait_idle()
+    fake_server.send("* The teacher is here")
+    alice.expect("* The teacher is here")
+    alice.expect("nickname> al")  # drawn again
+    alice.wait_idle()
+    alice.write("ice\r")
+    assert fake_server.greet() == "alice"
+    alice.expect("* Welcome, alice!")
+    alice.expect("[everyone]> ")
+    alice.wait_idle()
+    shown = [row for row in screen(alice.output, alice.columns) if row]
+    assert shown[-6:-3] == ["* The teacher is here", "nickname> alice",
+                            "* Welcome, alice! You are in the chat."]
+    alice.write("hi\r")  # the chat goes on as usual
+    assert fake_server.read_line() == "hi"
+
+
 # --- Sending and receiving ---------------------------------------------------
 
 
@@ -585,10 +668,18 @@ class FakeServer:
 
     def welcome(self) -> str:
         """Accept the client, take its nickname, greet it."""
+        self.accept()
+        return self.greet()
+
+    def accept(self) -> None:
+        """Accept the client and ask for a nickname."""
         self.sock, _ = self.listener.accept()
         self.sock.settimeout(DEADLINE)
         self._lines = self.sock.makefile("rb")
         self.send(protocol.format_nick_prompt())
+
+    def greet(self) -> str:
+        """Take the client's nickname and greet it; the nickname."""
         nick = self.read_line()
         self.send(protocol.format_welcome(nick),
                   protocol.format_commands_hint(),
