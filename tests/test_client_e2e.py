@@ -35,10 +35,13 @@ CLIENT = os.path.join(ROOT, "client.py")
 # Run in the child before client.py: make the pseudo-terminal its
 # controlling terminal (the child is a new session leader thanks to
 # start_new_session), so that typing Ctrl+C sends it SIGINT as in a real
-# terminal. Then become client.py.
+# terminal; and let SIGINT do what it does there (a shell starts a
+# background job, "pytest &", with SIGINT ignored, which exec passes on,
+# and Python then leaves it ignored). Then become client.py.
 _TAKE_TERMINAL = (
-    "import fcntl, os, sys, termios;"
+    "import fcntl, os, signal, sys, termios;"
     "fcntl.ioctl(0, termios.TIOCSCTTY, 0);"
+    "signal.signal(signal.SIGINT, signal.SIG_DFL);"
     "os.execv(sys.executable, [sys.executable] + sys.argv[1:])")
 
 
