@@ -4,6 +4,7 @@ user class, markers, waiting) is in ``helpers.py``."""
 
 from __future__ import annotations
 
+import time
 from typing import Callable, Iterator, List, Optional, Union
 
 import pytest
@@ -65,3 +66,17 @@ def clients() -> Iterator[Callable[..., LineClient]]:
             client.leave()
         else:
             client.close()
+
+
+@pytest.fixture
+def away_from_utc(monkeypatch) -> Iterator[None]:
+    """The process's local time is 5:30 ahead of UTC for the test (a
+    POSIX TZ string: no time zone database needed), so a local time
+    where UTC is due (or the reverse) shows."""
+    if not hasattr(time, "tzset"):
+        pytest.skip("time.tzset is POSIX only")
+    monkeypatch.setenv("TZ", "XST-05:30")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()

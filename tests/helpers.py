@@ -12,9 +12,11 @@ import socket
 import ssl
 import struct
 import sys
+import threading
 import time
 from collections import deque
-from typing import Callable, Deque, List, Optional, Tuple, Union
+from typing import (TYPE_CHECKING, Callable, Deque, List, Optional, Tuple,
+                    Union)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -22,6 +24,9 @@ if ROOT not in sys.path:
 
 import protocol  # noqa: E402
 import transport  # noqa: E402
+
+if TYPE_CHECKING:
+    from room import Room
 
 ADMIN_PASSWORD = "test-secret"
 #: Seconds any single wait in a test may take before it fails.
@@ -210,3 +215,91 @@ def wait_until(condition: Callable[[], bool], timeout: float = DEADLINE,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.005)
+
+
+# --- Fakes for the chat core (room.py), which needs no sockets ---------------
+
+
+class OwnedLock:
+    """A drop-in for the room's ``threading.Lock`` that knows which thread
+    holds it, so a link flushed by one thread can tell whether *that*
+    thread holds the room's lock while others legitimately hold it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner: Optional[int] = None
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        got = self._lock.acquire(blocking, timeout)
+        if got:
+            self._owner = threading.get_ident()
+        return got
+
+    def release(self) -> None:
+        self._owner = None
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    def held_here(self) -> bool:
+        return self._owner == threading.get_ident()
+
+
+class FakeLink:
+    """A connection as the room sees it (``room.Link``), recording all.
+
+    It obeys the contract: whole lines only, nothing taken after a line
+    put with ``last=True`` (nor after :meth:`close`). :meth:`flush`
+    asserts the room's lock is not held by the flushing thread.
+    Thread-safe: its own lock guards everything it records.
+    """
+
+    def __init__(self, room: Optional["Room"] = None) -> None:
+        self.room = room
+        self._guard = threading.Lock()
+        self.lines: List[str] = []
+        self.sealed = False       # the last line was put with last=True
+        self.closed = False
+        self.flushes = 0
+        self.queued_at_flush = 0  # len(lines) at the latest flush
+        self.ignored = 0          # puts refused: after the last line
+        self._taken = 0
+
+    def put(self, data: bytes, last: bool = False) -> None:
+        assert isinstance(data, bytes)
+        text = data.decode("utf-8")
+        assert text == "" or text.endswith("\n"), f"not whole lines: {text!r}"
+        with self._guard:
+            if self.sealed or self.closed:
+                self.ignored += 1
+                return
+            self.lines.extend(text.split("\n")[:-1])
+            self.sealed = last
+
+    def flush(self) -> None:
+        if self.room is not None:
+            lock = self.room._lock
+            held = (lock.held_here() if isinstance(lock, OwnedLock)
+                    else lock.locked())
+            assert not held, "link flushed with the room's lock held"
+        with self._guard:
+            self.flushes += 1
+            self.queued_at_flush = len(self.lines)
+
+    def close(self) -> None:
+        with self._guard:
+            self.closed = True
+
+    def take(self) -> List[str]:
+        """The lines put since the previous call."""
+        with self._guard:
+            new = self.lines[self._taken:]
+            self._taken = len(self.lines)
+            return new

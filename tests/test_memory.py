@@ -15,7 +15,7 @@ import itertools
 import logging
 import os
 import time
-from typing import Iterator, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -25,7 +25,7 @@ import config
 import memory
 import protocol
 from config import ServerConfig
-from helpers import wait_until
+from helpers import FakeLink, wait_until
 from room import DETACHED, GONE, ONLINE, Member, Room
 from transcript import Transcript
 
@@ -49,41 +49,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class FakeLink:
-    """A connection as the room sees it: records every line queued, whether
-    the last one was sealed (``last=True``) and whether it was closed.
-    Lines put after the seal or the close are refused and counted, as a
-    real outbox refuses them."""
-
-    def __init__(self) -> None:
-        self.lines: List[str] = []
-        self.sealed = False
-        self.closed = False
-        self.ignored = 0
-        self._taken = 0
-
-    def put(self, data: bytes, last: bool = False) -> None:
-        text = data.decode("utf-8")
-        assert text == "" or text.endswith("\n"), f"not whole lines: {text!r}"
-        if self.sealed or self.closed:
-            self.ignored += 1
-            return
-        self.lines.extend(text.split("\n")[:-1])
-        self.sealed = last
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True
-
-    def take(self) -> List[str]:
-        """The lines queued since the previous call."""
-        new = self.lines[self._taken:]
-        self._taken = len(self.lines)
-        return new
 
 
 class Chat:
@@ -165,19 +130,6 @@ def history_texts(lines: List[str]) -> List[str]:
 
 END = "* End of history."
 
-
-@pytest.fixture
-def away_from_utc(monkeypatch) -> Iterator[None]:
-    """The process's local time is 5:30 ahead of UTC for the test (a
-    POSIX TZ string: no time zone database needed), so a local time
-    where UTC is due (or the reverse) shows."""
-    if not hasattr(time, "tzset"):
-        pytest.skip("time.tzset is POSIX only")
-    monkeypatch.setenv("TZ", "XST-05:30")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
 
 
 # --- History on joining ------------------------------------------------------

@@ -15,7 +15,7 @@ import re
 import subprocess
 import sys
 import time
-from typing import Iterator, List, Tuple
+from typing import List, Tuple
 
 import pytest
 
@@ -26,19 +26,6 @@ from server import ChatServer, ServerConfig
 STAMP_RE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ) (.*)$")
 END = protocol.format_history_end()
 
-
-@pytest.fixture
-def away_from_utc(monkeypatch) -> Iterator[None]:
-    """The process's local time is 5:30 ahead of UTC for the test (a
-    POSIX TZ string: no time zone database needed), so a local time
-    where UTC is due (or the reverse) shows."""
-    if not hasattr(time, "tzset"):
-        pytest.skip("time.tzset is POSIX only")
-    monkeypatch.setenv("TZ", "XST-05:30")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
 
 
 def join(clients, server: ChatServer, nick: str) -> Tuple[LineClient, str]:
