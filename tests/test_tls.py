@@ -27,6 +27,7 @@ from typing import Dict, List, Optional, Tuple
 import pytest
 
 import client
+import dial
 import protocol
 import config
 from helpers import (CERT, DEADLINE, KEY, ROOT, TLS_DIR, LineClient,
@@ -165,10 +166,10 @@ def test_the_hint_depends_on_whether_a_cafile_was_given(code: int,
     error = ssl.SSLCertVerificationError(1, "certificate verify failed")
     error.verify_code, error.verify_message = code, why
     where = "127.0.0.1:4321"
-    assert client._certificate_problem(error, where) == (
+    assert dial._certificate_problem(error, where) == (
         f"{where}: certificate verify failed: {why}; for a self-signed"
         " server use --cafile server.pem (the server's certificate)")
-    assert client._certificate_problem(error, where, "ca.pem") == (
+    assert dial._certificate_problem(error, where, "ca.pem") == (
         f"{where}: certificate verify failed: {why}; the server's"
         " certificate is not signed by ca.pem")
 
@@ -260,7 +261,7 @@ def test_failed_handshakes_are_one_clear_line(peer: Optional[bytes],
             theirs.shutdown(socket.SHUT_WR)
         context = client.make_tls_context(CERT)
         with pytest.raises(OSError) as failure:
-            client.start_tls(ours, "127.0.0.1", "127.0.0.1:4321", context)
+            dial.start_tls(ours, "127.0.0.1", "127.0.0.1:4321", context)
         message = str(failure.value)
         assert message.startswith("TLS handshake with 127.0.0.1:4321 failed: ")
         assert expected in message
