@@ -43,8 +43,9 @@ import hmac
 import logging
 import threading
 import time
-from typing import (Callable, Dict, Iterator, List, Optional, Sequence, Set,
-                    Tuple)
+from collections import deque
+from typing import (Callable, Deque, Dict, Iterator, List, Optional, Sequence,
+                    Set, Tuple)
 
 import config
 import memory
@@ -86,6 +87,9 @@ class Room(Commands):
         self._nicks: Dict[Address, str] = {}    # the registry
         self._by_key: Dict[str, Member] = {}    # nick_key -> member in it
         self._seats: Dict[str, Member] = {}     # seat id -> member in it
+        # Seats kept for dropped connections, by when they are given up:
+        # the grace is the same for all, so the oldest comes first.
+        self._detached: Deque[Tuple[float, Member]] = deque()
         self._events: List[Tuple[str, str]] = []  # batched joins, departures
         self._touched: Set[Link] = set()        # links to flush
         self._history = memory.History(settings.history_keep,
@@ -183,8 +187,10 @@ class Room(Commands):
         ``config.ANNOUNCE_INTERVAL`` seconds)."""
         with self._locked():
             now = self._clock()
-            for seat in list(self._seats.values()):
-                if seat.state == DETACHED and seat.keep_until <= now:
+            while self._detached and self._detached[0][0] <= now:
+                keep_until, seat = self._detached.popleft()
+                # Skip seats that came back (and perhaps dropped again).
+                if seat.state == DETACHED and seat.keep_until == keep_until:
                     seat.close_reason = "did not come back in time"
                     self._leave(seat)
                     seat.state = GONE
@@ -395,6 +401,7 @@ class Room(Commands):
         del self._nicks[member.address]
         member.link = memory.HeldLines(self.settings.outbox_limit)
         member.keep_until = self._clock() + self.settings.resume_grace
+        self._detached.append((member.keep_until, member))
         self._notice_others(member, protocol.format_lost_connection(
             member.nick))
 
