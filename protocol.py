@@ -317,10 +317,6 @@ _BY_PHRASE = {spec.flag: spec for spec in COMMANDS
               if " " in spec.flag and not spec.flag.startswith("-")}
 _SAY = COMMANDS_BY_NAME["say"]
 
-# Kept for the readers of older code: the shutdown phrase.
-SHUTDOWN_COMMAND = COMMANDS_BY_NAME["down"].flag
-
-
 def command_spec(line: str) -> Optional[CommandSpec]:
     """The row of the command a line is, without checking its arguments;
     None for a line starting with an unknown flag."""
@@ -416,8 +412,12 @@ def format_nick_refused(nick: str, reason: str) -> str:
     return format_error(f"nickname {nick[:40]!r} refused: {reason}")
 
 
+#: Why a nickname someone else has is refused.
+NICK_TAKEN = "it is taken, choose another"
+
+
 def format_nick_taken(nick: str) -> str:
-    return format_nick_refused(nick, "it is taken, choose another")
+    return format_nick_refused(nick, NICK_TAKEN)
 
 
 _WELCOME = "Welcome, {}! You are in the chat."

@@ -306,7 +306,7 @@ class Room(Commands):
         elif nick:
             reason = protocol.nick_error(nick)
             if reason is None and protocol.nick_key(nick) in self._by_key:
-                reason = "it is taken, choose another"
+                reason = protocol.NICK_TAKEN
             if reason is None:
                 self._join(member, nick)
                 return member
