@@ -31,6 +31,9 @@ WRITER_POLL_SECONDS = 0.25
 # cannot keep the closing deadline: a simplification for that platform.
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
+#: The failure of a closing outbox whose peer did not take what was left.
+_GAVE_UP = "peer did not read before close"
+
 # The states of an outbox. It only ever moves down this list, skipping
 # some: OPEN -> SEALED -> CLOSING -> DONE, or straight to DONE on a failure.
 OPEN = "open"          # takes lines
@@ -67,6 +70,10 @@ class Outbox:
         self.state = OPEN
         #: Why the outbox ended before its peer had everything ("" if not).
         self.failure = ""
+        #: The failure was the network's (a send failed: the peer is gone)
+        #: rather than the outbox's own decision (over the limit, TLS
+        #: broken, a closing peer given up on).
+        self.failure_is_network = False
         self._chunks: List[bytes] = []  # queued, not yet encoded
         self._unsent = b""        # encoded bytes the socket has not taken
         self._size = 0            # bytes in both, for the limit
@@ -115,7 +122,7 @@ class Outbox:
                 except OSError as error:
                     with self._lock:
                         self._sending = False
-                        self._fail(f"send failed: {error}")
+                        self._fail(f"send failed: {error}", network=True)
                     return
             with self._lock:
                 self._size -= sent
@@ -196,9 +203,10 @@ class Outbox:
             self._writer.start()
         self._wake.notify_all()
 
-    def _fail(self, reason: str) -> None:
+    def _fail(self, reason: str, network: bool = False) -> None:
         if not self.failure:
             self.failure = reason
+            self.failure_is_network = network
         self._shut_down()
 
     def _shut_down(self) -> None:
@@ -227,7 +235,7 @@ class Outbox:
                     else:
                         self._wake.wait(self._time_left())
                         if self._time_left() == 0.0:
-                            self._fail("peer did not read before close")
+                            self._fail(_GAVE_UP)
                 if self.state == DONE:
                     return
                 data = self._take()
@@ -240,7 +248,7 @@ class Outbox:
                 if self.state == DONE:
                     return
                 if error:
-                    self._fail(error)
+                    self._fail(error, network=error != _GAVE_UP)
                 elif sent < len(data):
                     self._unsent = data[sent:] + self._unsent
                 elif not self._chunks:
@@ -277,7 +285,7 @@ class Outbox:
                     return sent, ""
                 left = self._time_left()
             if left == 0.0:
-                return sent, "peer did not read before close"
+                return sent, _GAVE_UP
             wait_writable(self._sock, WRITER_POLL_SECONDS if left is None
                           else min(left, WRITER_POLL_SECONDS))
         return sent, ""

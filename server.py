@@ -195,9 +195,8 @@ class ChatHandler(socketserver.BaseRequestHandler):
             # The network dropped it (the user may come back for the
             # seat), unless the server cut it: a broken stream either way,
             # a reader too slow, a bug. A failed send is the network's.
-            failure = self.outbox.failure
-            dropped = not self.cut and (
-                not failure or failure.startswith("send failed"))
+            dropped = not self.cut and (not self.outbox.failure
+                                        or self.outbox.failure_is_network)
             room.disconnect(member, self.outbox.failure or self.read_error,
                             farewell, link=self.outbox, dropped=dropped)
 

@@ -261,6 +261,7 @@ def test_slow_reader_ends_the_outbox_without_blocking_the_sender(
     assert slowest[0] < PROMPT
     assert box.state == outbox.DONE
     assert box.failure == "send queue exceeded"
+    assert not box.failure_is_network  # the outbox's own decision
     assert sum(map(len, sent)) > limit
     assert sock.gettimeout() is None
 
@@ -384,6 +385,7 @@ def test_close_gives_up_on_a_peer_that_never_reads(make_outbox):
     # Not before the grace period; after it, within one writer poll.
     assert grace * 0.9 <= elapsed < grace + outbox.WRITER_POLL_SECONDS + 1
     assert box.failure == "peer did not read before close"
+    assert not box.failure_is_network
     wait_until(lambda: not writer_threads() - before, HANG,
                "the writer thread to end")
     assert sock.gettimeout() is None
@@ -529,6 +531,7 @@ def test_send_failure_ends_the_outbox_without_raising(make_outbox, tcp_pair,
 
     wait_until(send_and_check, HANG, "a send to fail")
     assert box.failure.startswith("send failed")
+    assert box.failure_is_network  # the peer is gone: the network's doing
     assert sock.gettimeout() is None
 
 
