@@ -13,11 +13,12 @@ method here.
 from __future__ import annotations
 
 import logging
-from typing import Optional
+import time
+from typing import Optional, Tuple
 
 import config
 import protocol
-from members import DETACHED, GONE, ONLINE, Member
+from members import DETACHED, GONE, ONLINE, Member, host_of
 from protocol import Command
 
 log = logging.getLogger("chat")
@@ -47,34 +48,40 @@ class Commands:
         log.debug("%s: -%s", member.nick, command.name)
         handler(member, command)
 
+    # -- Talking
+
     def do_say(self, member: Member, command: Command) -> None:
         """A plain line: to the partner if there is one, else to all."""
-        partner = member.partner
-        if partner is None:
-            self._say_to_all(member, command.text)
-        elif partner.state not in (ONLINE, DETACHED):
-            again = self._by_key.get(protocol.nick_key(partner.nick))
-            self._refuse(member, protocol.format_partner_came_back(
-                partner.nick) if again is not None
-                else protocol.format_partner_gone(partner.nick))
-        else:
-            self._send(partner, protocol.format_private(member.nick,
-                                                        command.text))
+        self._say(member, command.text, action=False)
+
+    def do_me(self, member: Member, command: Command) -> None:
+        """An action, ``* alice waves``: goes where a plain line would."""
+        if not command.text:
+            self._refuse(member, protocol.format_error("usage: -me text"))
+            return
+        self._say(member, command.text, action=True)
 
     def do_to(self, member: Member, command: Command) -> None:
+        if command.text and self._muted(member):
+            return
         target = self._find_other(member, command.target)
         if target is None:
             return
         if command.text:
-            self._send(target, protocol.format_private(member.nick,
-                                                       command.text))
+            self._spoke(member)
+            self._tell(member, target, protocol.format_private(
+                member.nick, command.text))
         else:
             member.partner = target
             self._send(member, protocol.format_partner(target.nick))
 
     def do_all(self, member: Member, command: Command) -> None:
         if command.text:
-            self._say_to_all(member, command.text)
+            if self._muted(member):
+                return
+            self._spoke(member)
+            self._say_to_all(member, protocol.format_message(
+                member.nick, command.text))
         else:
             member.partner = None
             self._send(member, protocol.format_everyone())
@@ -97,6 +104,116 @@ class Commands:
         lines = self._history.replay(min(count,
                                          self.settings.history_keep))
         self._send(member, *(lines or [protocol.format_no_history()]))
+
+    # -- About yourself and others
+
+    def do_nick(self, member: Member, command: Command) -> None:
+        """``-nick NEW``: the rules and uniqueness of joining apply; a
+        change of case only is allowed."""
+        nick = command.target
+        if command.text:
+            reason = "a nickname is one word"
+        elif self._mutes.find(protocol.nick_key(member.nick)) is not None:
+            reason = "you are muted"
+        elif nick == member.nick:
+            reason = "it is your nickname already"
+        else:
+            reason = protocol.nick_error(nick)
+            holder = self._by_key.get(protocol.nick_key(nick))
+            if reason is None and holder is not None \
+                    and holder is not member:
+                reason = protocol.NICK_TAKEN
+        if reason is not None:
+            self._refuse(member, protocol.format_nick_refused(
+                f"{nick} {command.text}".strip(), reason))
+            return
+        old = member.nick
+        self._rename(member, nick)
+        log.info("%s (%s) is now known as %s", old, member.name, nick)
+        self._send(member, protocol.format_you_are_now(nick))
+        self._send_events()  # what is batched happened first
+        line = protocol.format_nick_changed(old, nick)
+        self._broadcast(line, exclude=member)
+        self._record(line, history=False)
+
+    def do_away(self, member: Member, command: Command) -> None:
+        if self._muted(member):  # the reason would reach people
+            return
+        member.away = command.text or config.DEFAULT_AWAY_REASON
+        self._send(member, protocol.format_away(member.away))
+
+    def do_back(self, member: Member, command: Command) -> None:
+        if not member.away:
+            self._refuse(member, protocol.format_error(
+                "you are not marked away"))
+            return
+        member.away = ""
+        self._send(member, protocol.format_not_away())
+
+    def do_whois(self, member: Member, command: Command) -> None:
+        """When NICK joined, idle time, away, admin; the address for
+        admins only (it says where someone is)."""
+        target = self._by_key.get(protocol.nick_key(command.target))
+        if target is None or command.text:
+            self._refuse(member, protocol.format_no_such_user(
+                f"{command.target} {command.text}".strip()))
+            return
+        joined = time.strftime("%H:%M", time.localtime(target.joined_at))
+        ago = protocol.format_duration(self._wall_clock() - target.joined_at)
+        facts = [f"joined {joined} ({ago} ago)",
+                 "idle " + protocol.format_duration(
+                     self._clock() - target.spoke_at)]
+        if target.away:
+            facts.append(f"away: {target.away}")
+        if target.is_admin:
+            facts.append("admin")
+        if self._mutes.find(protocol.nick_key(target.nick)) is not None:
+            facts.append("muted")
+        if target.state == DETACHED:
+            facts.append("reconnecting")
+        if member.is_admin:
+            facts.append(f"from {target.name}")
+        self._send(member, protocol.format_whois(target.nick, facts))
+
+    def do_ignore(self, member: Member, command: Command) -> None:
+        """``-ignore NICK``: NICK's lines stop reaching the member (NICK
+        is not told); ``-ignore`` alone lists whom the member ignores."""
+        if not command.text:
+            self._send(member, protocol.format_ignore_list(
+                sorted(member.ignoring.values(), key=str.casefold)))
+            return
+        nick, rest = (command.text.split(None, 1) + [""])[:2]
+        target = self._find_other(member, nick) if not rest else None
+        if rest:
+            self._refuse(member, protocol.format_error(
+                "usage: -ignore NICK"))
+        if target is None:
+            return
+        key = protocol.nick_key(target.nick)
+        if key in member.ignoring:
+            self._refuse(member, protocol.format_error(
+                f"you ignore {target.nick} already"))
+        elif len(member.ignoring) >= config.MAX_IGNORED:
+            self._refuse(member, protocol.format_error(
+                f"you ignore {config.MAX_IGNORED} users already;"
+                " -unignore someone first"))
+        else:
+            member.ignoring[key] = target.nick
+            self._send(member, protocol.format_ignoring(target.nick))
+
+    def do_unignore(self, member: Member, command: Command) -> None:
+        nick = member.ignoring.pop(protocol.nick_key(command.target), None)
+        if nick is None or command.text:
+            self._refuse(member, protocol.format_error(
+                f"you do not ignore {command.target[:40]}; -ignore lists"
+                " whom you do"))
+            return
+        self._send(member, protocol.format_unignored(nick))
+
+    def do_motd(self, member: Member, command: Command) -> None:
+        self._send(member, *protocol.format_motd(self._motd))
+
+    # -- The rest
 
     def do_help(self, member: Member, command: Command) -> None:
         self._send(member, *protocol.format_help())
@@ -130,24 +247,116 @@ class Commands:
         self._send(member, protocol.format_admin_refused(
             config.ADMIN_MAX_TRIES - member.admin_tries))
 
+    # -- For admins
+
     def do_kick(self, member: Member, command: Command) -> None:
         target = self._find_other(member, command.target)
         if target is None:
             return
         reason = command.text
-        log.info("%s (%s) kicked %s (%s)%s", member.nick, member.name,
-                 target.nick, target.name, f": {reason}" if reason else "")
-        target.close_reason = f"kicked by {member.nick}"
-        self._send(target, protocol.format_you_were_kicked(member.nick,
-                                                           reason),
-                   last=True)
-        self._remove(target)
-        target.state = GONE
-        target.link.close()
+        self._log_sanction(member, "kicked", target, reason)
+        self._throw_out(target, f"kicked by {member.nick}",
+                        protocol.format_you_were_kicked(member.nick, reason),
+                        protocol.format_kicked(target.nick, member.nick,
+                                               reason))
+
+    def do_mute(self, member: Member, command: Command) -> None:
+        """``-mute NICK [minutes]``: NICK's lines reach nobody, and NICK is
+        told so at each one; until ``-unmute`` or the minutes are up."""
+        target = self._find_other(member, command.target)
+        if target is None:
+            return
+        minutes, rest = self._minutes(member, command.text)
+        if minutes is False:
+            return
+        if rest:
+            self._refuse(member, protocol.format_error(
+                "usage: -mute NICK [minutes]"))
+            return
+        key = protocol.nick_key(target.nick)
+        if self._mutes.find(key) is not None:
+            self._refuse(member, protocol.format_error(
+                f"{target.nick} is muted already; -unmute {target.nick}"
+                " first to change it"))
+            return
+        self._mutes.give(key, target.nick, member.nick, minutes)
+        self._log_sanction(member, "muted", target, "")
+        self._send(target, protocol.format_you_were_muted(member.nick,
+                                                          minutes))
         self._send_events()  # what is batched happened first
-        line = protocol.format_kicked(target.nick, member.nick, reason)
-        self._broadcast(line)
-        self._record(line)
+        line = protocol.format_muted(target.nick, member.nick, minutes)
+        self._broadcast(line, exclude=target)
+        self._record(line, history=False)
+
+    def do_unmute(self, member: Member, command: Command) -> None:
+        mute = self._mutes.lift(protocol.nick_key(command.target))
+        if mute is None:
+            self._refuse(member, protocol.format_error(
+                f"{command.target[:40]} is not muted"))
+            return
+        log.info("%s (%s) unmuted %s", member.nick, member.name, mute.nick)
+        target = self._by_key.get(mute.key)
+        if target is not None:
+            self._send(target, protocol.format_you_were_unmuted(member.nick))
+        self._send_events()  # what is batched happened first
+        line = protocol.format_unmuted(mute.nick, member.nick)
+        self._broadcast(line, exclude=target)
+        self._record(line, history=False)
+
+    def do_ban(self, member: Member, command: Command) -> None:
+        """``-ban NICK [minutes] [reason]``: kick NICK and refuse new
+        connections from their address, until ``-unban`` or the minutes
+        are up. Others on that address stay (a classroom may share one
+        behind NAT)."""
+        target = self._find_other(member, command.target)
+        if target is None:
+            return
+        minutes, reason = self._minutes(member, command.text)
+        if minutes is False:
+            return
+        host = host_of(target.address)
+        if host == host_of(member.address):
+            # A ban would lock the admin out too.
+            self._refuse(member, protocol.format_error(
+                f"{target.nick} connects from your own address ({host});"
+                f" -kick {target.nick} instead"))
+            return
+        self._bans.give(host, target.nick, member.nick, minutes, reason)
+        self._log_sanction(member, "banned", target, reason)
+        self._throw_out(target, f"banned by {member.nick}",
+                        protocol.format_you_were_banned(member.nick, minutes,
+                                                        reason),
+                        protocol.format_banned(target.nick, member.nick,
+                                               minutes, reason))
+
+    def do_unban(self, member: Member, command: Command) -> None:
+        """``-unban ADDRESS``; the nickname the ban was given to works
+        too."""
+        wanted = command.target.strip("[]")
+        if wanted.startswith("::ffff:") and "." in wanted:
+            wanted = wanted[len("::ffff:"):]
+        ban = self._bans.lift(wanted)
+        if ban is None:
+            key = protocol.nick_key(wanted)
+            for given in self._bans.in_force():
+                if protocol.nick_key(given.nick) == key:
+                    ban = self._bans.lift(given.key)
+                    break
+        if ban is None or command.text:
+            self._refuse(member, protocol.format_error(
+                f"no ban on {command.target[:40]}; -bans lists them"))
+            return
+        log.info("%s (%s) lifted the ban on %s (%s)", member.nick,
+                 member.name, ban.key, ban.nick)
+        self._send(member, protocol.format_unbanned(ban.key, ban.nick))
+
+    def do_bans(self, member: Member, command: Command) -> None:
+        bans = self._bans.in_force()
+        self._send(member, protocol.format_bans_header(len(bans)), *(
+            protocol.format_ban_entry(ban.key, ban.nick, ban.admin,
+                                      ban.reason,
+                                      self._bans.seconds_left(ban))
+            for ban in bans))
 
     def do_down(self, member: Member, command: Command) -> None:
         if self._closed:
@@ -170,9 +379,90 @@ class Commands:
             return target
         return None
 
-    def _say_to_all(self, member: Member, text: str) -> None:
-        line = protocol.format_message(member.nick, text)
-        if self._broadcast(line, exclude=member):
+    def _say(self, member: Member, text: str, action: bool) -> None:
+        """A plain line or an action: to the partner if there is one,
+        else to all."""
+        if self._muted(member):
+            return
+        self._spoke(member)
+        partner = member.partner
+        if partner is None:
+            self._say_to_all(member, protocol.format_action(
+                member.nick, text) if action
+                else protocol.format_message(member.nick, text))
+        elif partner.state not in (ONLINE, DETACHED):
+            again = self._by_key.get(protocol.nick_key(partner.nick))
+            self._refuse(member, protocol.format_partner_came_back(
+                partner.nick) if again is not None
+                else protocol.format_partner_gone(partner.nick))
+        else:
+            self._tell(member, partner, protocol.format_action(
+                member.nick, text, private=True) if action
+                else protocol.format_private(member.nick, text))
+
+    def _say_to_all(self, member: Member, line: str) -> None:
+        if self._broadcast(line, exclude=member, sender=member):
             self._record(line)
         else:  # not said, as far as anyone is concerned: not recorded
             self._refuse(member, protocol.format_nobody_else())
+
+    def _tell(self, member: Member, target: Member, line: str) -> None:
+        """A private line from ``member`` to ``target``: not delivered if
+        ``target`` ignores ``member`` (who is not told: that is the point
+        of ignoring); an away target's reason goes back to the sender."""
+        if protocol.nick_key(member.nick) not in target.ignoring:
+            self._send(target, line)
+        if target.away:
+            self._send(member, protocol.format_is_away(target.nick,
+                                                       target.away))
+
+    def _spoke(self, member: Member) -> None:
+        """The member said something: not idle, and not away any more."""
+        member.spoke_at = self._clock()
+        if member.away:
+            member.away = ""
+            self._send(member, protocol.format_not_away())
+
+    def _muted(self, member: Member) -> bool:
+        """True, after telling the member, if it is muted."""
+        mute = self._mutes.find(protocol.nick_key(member.nick))
+        if mute is None:
+            return False
+        self._refuse(member, protocol.format_you_are_muted(
+            self._mutes.seconds_left(mute)))
+        return True
+
+    def _minutes(self, member: Member, text: str
+                 ) -> Tuple[object, str]:
+        """Read optional minutes first in ``text``: (minutes or None,
+        the rest); (False, "") after telling the member they are wrong."""
+        word, rest = (text.split(None, 1) + ["", ""])[:2]
+        if not (word.isascii() and word.isdecimal()):
+            return None, text  # no minutes: until lifted
+        minutes = int(word)
+        if not 1 <= minutes <= config.MAX_SANCTION_MINUTES:
+            self._refuse(member, protocol.format_error(
+                f"minutes must be 1 to {config.MAX_SANCTION_MINUTES}"))
+            return False, ""
+        return minutes, rest.strip()
+
+    def _throw_out(self, target: Member, why: str, told: str,
+                   everyone: str) -> None:
+        """Close ``target``'s connection with ``told`` as its last line,
+        free its nickname, and tell everyone else."""
+        target.close_reason = why
+        self._send(target, told, last=True)
+        self._remove(target)
+        target.state = GONE
+        target.link.close()
+        self._send_events()  # what is batched happened first
+        self._broadcast(everyone)
+        self._record(everyone)
+
+    def _log_sanction(self, admin: Member, what: str, target: Member,
+                      reason: str) -> None:
+        """Log an admin's action; louder when it hits another admin."""
+        level = logging.WARNING if target.is_admin else logging.INFO
+        log.log(level, "%s (%s) %s %s%s (%s)%s", admin.nick, admin.name,
+                what, "admin " if target.is_admin else "", target.nick,
+                target.name, " with a reason" if reason else "")

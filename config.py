@@ -53,6 +53,17 @@ MAX_HISTORY_REPLAY_BYTES = 64 * 1024
 DEFAULT_RESUME_GRACE = 120.0
 #: Transcript lines waiting for the disk before new ones are dropped.
 TRANSCRIPT_QUEUE_LINES = 10000
+#: Lines of ``--motd FILE`` shown; the rest of the file is left out.
+MAX_MOTD_LINES = 20
+#: Characters of a ``--motd`` line shown; the rest is cut.
+MAX_MOTD_LINE_CHARS = 300
+#: The longest ``-mute``/``-ban`` an admin can give in minutes (a week);
+#: without minutes, it lasts until lifted.
+MAX_SANCTION_MINUTES = 7 * 24 * 60
+#: Users one user may ``-ignore`` at once.
+MAX_IGNORED = 100
+#: What ``-away`` says when no reason is given.
+DEFAULT_AWAY_REASON = "away"
 #: Environment variable that may hold the admin password.
 PASSWORD_ENV = "CHAT_ADMIN_PASSWORD"
 
@@ -130,6 +141,9 @@ class ServerConfig:
         "", "append every public line, join, departure, kick and the"
             " shutdown to FILE, with UTC times (never private lines)",
         metavar="FILE")
+    motd: str = _option(
+        "", "message of the day: the first lines of FILE, shown to every"
+            " user on joining and by -motd", metavar="FILE")
     tls_cert: str = _option(
         "", "certificate (PEM) to serve TLS with; needs --tls-key",
         metavar="FILE")

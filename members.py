@@ -6,7 +6,7 @@ no lock: every field is guarded by the room's lock (see room.py).
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 try:
     from typing import Protocol
@@ -38,12 +38,20 @@ class Link(Protocol):
         """End the connection once what is queued has been sent."""
 
 
-def format_address(address: Address) -> str:
-    """``127.0.0.1:4321`` or ``[::1]:4321``; an IPv4 client of a
-    dual-stack server (``::ffff:127.0.0.1``) is shown as IPv4."""
-    host, port = address[0], address[1]
+def host_of(address: Address) -> str:
+    """The host of an address, without the port: ``127.0.0.1``, ``::1``;
+    an IPv4 client of a dual-stack server (``::ffff:127.0.0.1``) is given
+    as IPv4, so that it is one host whichever way it came."""
+    host = address[0]
     if host.startswith("::ffff:") and "." in host:
         host = host[len("::ffff:"):]
+    return host
+
+
+def format_address(address: Address) -> str:
+    """``127.0.0.1:4321`` or ``[::1]:4321`` (the host as :func:`host_of`
+    gives it)."""
+    host, port = host_of(address), address[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
@@ -64,6 +72,12 @@ class Member:
         self.seat_id = ""       # with secret: the resume token
         self.secret = ""
         self.keep_until = 0.0   # DETACHED: when the seat is given up
+        self.joined_at = 0.0    # wall clock, for -whois
+        self.spoke_at = 0.0     # monotonic: the last line said, for idle
+        self.away = ""          # the -away reason; "" when here
+        #: Whose lines must not reach this member: nick_key() -> nickname;
+        #: kept by key, so that leaving and coming back does not undo it.
+        self.ignoring: Dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"<Member {self.nick or '?'} {self.name} {self.state}>"

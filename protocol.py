@@ -137,7 +137,7 @@ class LineFramer:
 
 # A line is almost always printable ASCII; a regex finds the rare control
 # character far faster than a Python loop over every character.
-_CONTROL_RE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+CONTROL_RE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 
 
 def decode_line(raw: bytes) -> str:
@@ -154,7 +154,7 @@ def decode_line(raw: bytes) -> str:
         text = raw.decode(ENCODING)
     except UnicodeDecodeError:
         raise ProtocolError("line is not valid UTF-8, dropped") from None
-    found = _CONTROL_RE.search(text)
+    found = CONTROL_RE.search(text)
     if found:
         raise ProtocolError(
             "control characters are not allowed"
@@ -296,9 +296,51 @@ COMMANDS: Tuple[CommandSpec, ...] = (
     CommandSpec("resume", "-resume", SECRET, (
         ("-resume TOKEN", "first line after a drop: get your seat back"),
     ), client=HIDE),
+    CommandSpec("me", "-me", TEXT, (
+        ("-me text", "an action: others see '* YOURNICK text'"),
+    )),
+    CommandSpec("nick", "-nick", NICK, (
+        ("-nick NEW", "change your nickname"),
+    )),
+    CommandSpec("away", "-away", TEXT, (
+        ("-away [reason]", "mark yourself away; -back or any line"
+         " clears it"),
+    )),
+    CommandSpec("back", "-back", NO_ARGUMENT, (
+        ("-back", "you are not away any more"),
+    )),
+    CommandSpec("whois", "-whois", NICK, (
+        ("-whois NICK", "when NICK joined, how long idle, away or not"),
+    )),
+    CommandSpec("ignore", "-ignore", TEXT, (
+        ("-ignore NICK", "NICK's lines stop reaching you (not told)"),
+        ("-ignore", "who you ignore"),
+    )),
+    CommandSpec("unignore", "-unignore", NICK, (
+        ("-unignore NICK", "let NICK's lines reach you again"),
+    )),
+    CommandSpec("motd", "-motd", NO_ARGUMENT, (
+        ("-motd", "the message of the day"),
+    )),
     CommandSpec("kick", "-kick", NICK, (
         ("-kick NICK [reason]", "admin: disconnect NICK"),
     ), admin_only="kick users"),
+    CommandSpec("mute", "-mute", NICK, (
+        ("-mute NICK [min]", "admin: NICK's lines reach nobody"),
+    ), admin_only="mute users"),
+    CommandSpec("unmute", "-unmute", NICK, (
+        ("-unmute NICK", "admin: let NICK talk again"),
+    ), admin_only="unmute users"),
+    CommandSpec("ban", "-ban", NICK, (
+        ("-ban NICK [min] [reason]", "admin: kick NICK, refuse their"
+         " address"),
+    ), admin_only="ban users"),
+    CommandSpec("unban", "-unban", NICK, (
+        ("-unban ADDRESS", "admin: lift a ban (address or nickname)"),
+    ), admin_only="lift bans"),
+    CommandSpec("bans", "-bans", NO_ARGUMENT, (
+        ("-bans", "admin: who is banned, by whom, why"),
+    ), admin_only="see the bans"),
     CommandSpec("down", "down server", NO_ARGUMENT, (
         ("down server", "admin: tell everyone, then stop the server"),
     ), admin_only="shut the server down"),
@@ -452,7 +494,8 @@ def format_help() -> List[str]:
 
 def format_users(nicks: Sequence[str], me: str, admins: Iterable[str] = (),
                  total: Optional[int] = None,
-                 reconnecting: Iterable[str] = ()) -> str:
+                 reconnecting: Iterable[str] = (),
+                 away: Iterable[str] = ()) -> str:
     """The users online, with ``me``, the admins and those whose connection
     dropped (their seat is kept for them) marked.
 
@@ -461,10 +504,12 @@ def format_users(nicks: Sequence[str], me: str, admins: Iterable[str] = (),
     """
     admins = set(admins)
     reconnecting = set(reconnecting)
+    away = set(away)
     names = []
     for nick in nicks:
         marks = [mark for mark, yes in (
             ("you", nick == me), ("admin", nick in admins),
+            ("away", nick in away),
             ("reconnecting", nick in reconnecting)) if yes]
         names.append(f"{nick} ({', '.join(marks)})" if marks else nick)
     total = len(nicks) if total is None else total
@@ -574,6 +619,157 @@ def format_you_were_kicked(admin: str, reason: str = "") -> str:
     """Told to the user being kicked, just before the connection closes."""
     why = f": {reason}" if reason else ""
     return format_error(f"you were kicked by {admin}{why}")
+
+
+# --- Nicknames, actions, away, ignoring, moderation -------------------------
+
+_NICK_CHANGED_RE = re.compile(r"\* (\S+) is now known as (\S+)")
+_YOU_ARE_NOW = "You are now known as {}."
+_YOU_ARE_NOW_RE = re.compile(r"\* You are now known as (\S+)\.")
+
+
+def format_action(nick: str, text: str, private: bool = False) -> str:
+    """``-me waves``: ``* alice waves``; to a partner, marked private."""
+    line = format_notice(f"{nick} {text}")
+    return PRIVATE + line if private else line
+
+
+def format_nick_changed(old: str, new: str) -> str:
+    """Told to everyone else when a user changes nickname."""
+    return format_notice(f"{old} is now known as {new}")
+
+
+def format_you_are_now(nick: str) -> str:
+    """Confirms ``-nick NEW`` to the user who changed it."""
+    return format_notice(_YOU_ARE_NOW.format(nick))
+
+
+def format_away(reason: str) -> str:
+    return format_notice(f"You are marked away ({reason}). -back, or any"
+                         " line you send, clears it.")
+
+
+def format_not_away() -> str:
+    return format_notice("You are not marked away any more.")
+
+
+def format_is_away(nick: str, reason: str) -> str:
+    """Told to whoever sends a private line to an away user (the line is
+    delivered all the same)."""
+    return format_notice(f"{nick} is away: {reason}")
+
+
+def format_whois(nick: str, facts: Sequence[str]) -> str:
+    """``-whois NICK``: ``* alice: joined 14:02 UTC (5 min ago), ...``."""
+    return format_notice(f"{nick}: {', '.join(facts)}")
+
+
+def format_duration(seconds: float) -> str:
+    """A rough, readable duration: ``40 s``, ``5 min``, ``2 h 10 min``."""
+    seconds = int(max(seconds, 0))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes = seconds // 60
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    return f"{hours // 24} days"
+
+
+def format_ignoring(nick: str) -> str:
+    return format_notice(f"You ignore {nick} now: their lines do not reach"
+                         f" you. -unignore {nick} to undo.")
+
+
+def format_unignored(nick: str) -> str:
+    return format_notice(f"{nick}'s lines reach you again.")
+
+
+def format_ignore_list(nicks: Sequence[str]) -> str:
+    if not nicks:
+        return format_notice("You ignore nobody.")
+    return format_notice(f"You ignore: {', '.join(nicks)}")
+
+
+def _for(minutes: Optional[float]) -> str:
+    if minutes is None:
+        return ""
+    return f" for {format_duration(minutes * 60)}"
+
+
+def format_muted(nick: str, admin: str, minutes: Optional[float]) -> str:
+    """Told to everyone else when an admin mutes ``nick``."""
+    return format_notice(f"{nick} was muted by {admin}{_for(minutes)}")
+
+
+def format_you_were_muted(admin: str, minutes: Optional[float]) -> str:
+    return format_error(f"you were muted by {admin}{_for(minutes)}: your"
+                        " lines reach nobody until then")
+
+
+def format_you_are_muted(seconds_left: Optional[float]) -> str:
+    """The answer to every line a muted user sends."""
+    left = (" until an admin lifts it" if seconds_left is None
+            else f", {format_duration(seconds_left)} left")
+    return format_error(f"you are muted{left}; your line reached nobody")
+
+
+def format_unmuted(nick: str, admin: str) -> str:
+    return format_notice(f"{nick} was unmuted by {admin}")
+
+
+def format_you_were_unmuted(admin: str) -> str:
+    return format_notice(f"{admin} unmuted you: you can talk again.")
+
+
+def format_banned(nick: str, admin: str, minutes: Optional[float],
+                  reason: str = "") -> str:
+    """Told to everyone else when an admin bans ``nick``."""
+    why = f": {reason}" if reason else ""
+    return format_notice(f"{nick} was banned by {admin}{_for(minutes)}{why}")
+
+
+def format_you_were_banned(admin: str, minutes: Optional[float],
+                           reason: str = "") -> str:
+    why = f": {reason}" if reason else ""
+    return format_error(f"you were banned by {admin}{_for(minutes)}{why}")
+
+
+def format_refused_banned(seconds_left: Optional[float],
+                          reason: str = "") -> str:
+    """The one line a connection from a banned address gets."""
+    why = f" ({reason})" if reason else ""
+    left = ("" if seconds_left is None
+            else f"; try again in {format_duration(seconds_left)}")
+    return format_error(f"this address is banned from the chat{why}{left}")
+
+
+def format_ban_entry(host: str, nick: str, admin: str, reason: str,
+                     seconds_left: Optional[float]) -> str:
+    """One line of ``-bans``."""
+    left = ("until -unban" if seconds_left is None
+            else f"{format_duration(seconds_left)} left")
+    why = f": {reason}" if reason else ""
+    return format_notice(f"  {host} ({nick}, by {admin}, {left}){why}")
+
+
+def format_bans_header(count: int) -> str:
+    if not count:
+        return format_notice("Nobody is banned.")
+    return format_notice("1 ban:" if count == 1 else f"{count} bans:")
+
+
+def format_unbanned(host: str, nick: str) -> str:
+    return format_notice(f"The ban on {host} ({nick}) is lifted.")
+
+
+def format_motd(lines: Sequence[str]) -> List[str]:
+    """The message of the day, a notice per line."""
+    if not lines:
+        return [format_notice("There is no message of the day.")]
+    return [format_notice(line) for line in lines]
 
 
 _SHUTDOWN = "Server is shutting down"
@@ -714,6 +910,16 @@ def welcomed_nick(line: str) -> Optional[str]:
     """The nickname a welcome line names, or None for any other line."""
     match = _WELCOME_RE.fullmatch(line)
     return match.group(1) if match else None
+
+
+def nick_change(line: str) -> Optional[Tuple[str, str]]:
+    """For a line telling of a nickname change: (old, new). ``old`` is ""
+    when the line confirms the reader's own change. None otherwise."""
+    match = _YOU_ARE_NOW_RE.fullmatch(line)
+    if match:
+        return "", match.group(1)
+    match = _NICK_CHANGED_RE.fullmatch(line)
+    return (match.group(1), match.group(2)) if match else None
 
 
 def partner_change(line: str) -> Optional[str]:

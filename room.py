@@ -51,10 +51,11 @@ import config
 import memory
 import protocol
 from commands import Commands
+from moderation import Sanctions
 # The states and Member are the room's vocabulary; importers of the room
 # find them here too.
 from members import (DETACHED, GONE, JOINING, ONLINE, Address,  # noqa: F401
-                     Link, Member)
+                     Link, Member, format_address, host_of)
 from protocol import Frame
 
 log = logging.getLogger("chat")
@@ -67,13 +68,15 @@ class Room(Commands):
     every member has the notice by then; the front-end stops accepting and
     closes the connections. ``transcript(stamp, line)``, if given, gets
     every line sent to everyone (never a private one), with the lock held:
-    it must not block. ``clock`` (monotonic) and ``wall_clock`` (seconds
-    since the epoch) may be replaced in tests.
+    it must not block. ``motd`` is the message of the day, shown on
+    joining. ``clock`` (monotonic) and ``wall_clock`` (seconds since the
+    epoch) may be replaced in tests.
     """
 
     def __init__(self, settings: config.ServerConfig,
                  on_shutdown: Callable[[str], None] = lambda reason: None,
                  transcript: Optional[Callable[[float, str], None]] = None,
+                 motd: Sequence[str] = (),
                  clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
@@ -95,19 +98,33 @@ class Room(Commands):
         self._history = memory.History(settings.history_keep,
                                        config.MAX_HISTORY_REPLAY_BYTES,
                                        wall_clock)
+        self._motd = list(motd)
+        self._mutes = Sanctions(clock)   # by nick_key
+        self._bans = Sanctions(clock)    # by host
         self._closed = False
 
     # -- What the front-end calls
 
     def connect(self, link: Link, address: Address) -> Optional[Member]:
         """A new connection: ask it for a nickname. None when the room is
-        shutting down (the front-end just closes the connection)."""
+        shutting down, or the address is banned (told so): the front-end
+        just lets the link drain and close."""
         with self._locked():
             if self._closed:
                 return None
-            member = Member(link, address)
-            self._members.add(member)
-            self._send(member, protocol.format_nick_prompt())
+            ban = self._bans.find(host_of(address))
+            if ban is not None:
+                link.put(protocol.encode_line(protocol.format_refused_banned(
+                    self._bans.seconds_left(ban), ban.reason)), last=True)
+                self._touched.add(link)
+                link.close()
+            else:
+                member = Member(link, address)
+                self._members.add(member)
+                self._send(member, protocol.format_nick_prompt())
+        if ban is not None:
+            log.info("%s: refused: banned", format_address(address))
+            return None
         log.info("%s: connected", member.name)
         return member
 
@@ -244,18 +261,23 @@ class Room(Commands):
                                  for text in lines), last)
         self._touched.add(member.link)
 
-    def _broadcast(self, text: str, exclude: Optional[Member] = None
-                   ) -> bool:
-        """Send ``text`` to everyone in the room but ``exclude``, encoded
-        once (a seat kept for a dropped user keeps it for them); False if
-        nobody was there to receive it."""
+    def _broadcast(self, text: str, exclude: Optional[Member] = None,
+                   sender: Optional[Member] = None) -> bool:
+        """Send ``text`` to everyone in the room but ``exclude`` and those
+        who ignore ``sender``, encoded once (a seat kept for a dropped user
+        keeps it for them); False if nobody else was there."""
         data = protocol.encode_line(text)
+        key = protocol.nick_key(sender.nick) if sender is not None else ""
         sent = False
         for member in self._by_key.values():
-            if member is not exclude:
+            if member is exclude:
+                continue
+            # Someone is there, whether or not they ignore the sender:
+            # being ignored by everyone must not look different.
+            sent = True
+            if not (member.ignoring and key in member.ignoring):
                 member.link.put(data)
                 self._touched.add(member.link)
-                sent = True
         return sent
 
     def _record(self, text: str, history: bool = True) -> None:
@@ -339,9 +361,13 @@ class Room(Commands):
         welcome, who is here, its resume token, what was said before."""
         member.nick = nick
         member.state = ONLINE
+        member.joined_at = self._wall_clock()
+        member.spoke_at = self._clock()
         self._nicks[member.address] = nick
         self._by_key[protocol.nick_key(nick)] = member
         self._greet(member, protocol.format_welcome(nick))
+        if self._motd:
+            self._send(member, *protocol.format_motd(self._motd))
         if self.settings.resume_grace > 0:
             member.seat_id, member.secret = memory.new_token()
             while member.seat_id in self._seats:  # 48 random bits: rare
@@ -376,7 +402,23 @@ class Room(Commands):
         return protocol.format_users(
             [m.nick for m in members], me.nick,
             [m.nick for m in members if m.is_admin], total,
-            [m.nick for m in members if m.state == DETACHED])
+            [m.nick for m in members if m.state == DETACHED],
+            [m.nick for m in members if m.away])
+
+    def _rename(self, member: Member, nick: str) -> None:
+        """Give an online member a new nickname: in the registry, in the
+        ignore lists that named the old one; its partners need nothing,
+        they point at the member, not at its name."""
+        old_key, new_key = protocol.nick_key(member.nick), \
+            protocol.nick_key(nick)
+        del self._by_key[old_key]
+        self._by_key[new_key] = member
+        self._nicks[member.address] = nick
+        member.nick = nick
+        for other in self._by_key.values():
+            if old_key in other.ignoring:
+                del other.ignoring[old_key]
+                other.ignoring[new_key] = nick
 
     def _leave(self, member: Member) -> None:
         """Take a member out of the room for good, and tell the others."""

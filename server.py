@@ -291,7 +291,9 @@ class ChatServer(socketserver.ThreadingTCPServer):
                            if settings.log else None)
         self.room = Room(settings, on_shutdown=self.stop_soon,
                          transcript=self.transcript.write
-                         if self.transcript else None)
+                         if self.transcript else None,
+                         motd=read_motd(settings.motd)
+                         if settings.motd else ())
         self.housekeeper = Housekeeper(self.room, settings.register_timeout)
         self.tls_context = (make_tls_context(settings.tls_cert,
                                              settings.tls_key)
@@ -463,6 +465,26 @@ def make_tls_context(cert: str, key: str) -> ssl.SSLContext:
     return context
 
 
+def read_motd(path: str) -> List[str]:
+    """The message of the day from ``path``: its first lines, control
+    characters shown as U+FFFD (the file is the operator's, but a stray
+    escape sequence must not reach every terminal), blank lines at either
+    end left out. Raises OSError naming the file."""
+    with open(path, encoding=protocol.ENCODING, errors="replace") as file:
+        lines = []
+        for line in file:
+            line = line.rstrip("\r\n").expandtabs(4)
+            line = protocol.CONTROL_RE.sub("\ufffd", line)
+            lines.append(line[:config.MAX_MOTD_LINE_CHARS].rstrip())
+            if len(lines) >= config.MAX_MOTD_LINES:
+                break
+    while lines and not lines[-1]:
+        lines.pop()
+    while lines and not lines[0]:
+        lines.pop(0)
+    return lines
+
+
 def option_problem(settings: ServerConfig, error: OSError) -> str:
     """What is wrong with an option, for an error the server met while
     being made (before it binds); "" when it is none of its files."""
@@ -475,7 +497,8 @@ def option_problem(settings: ServerConfig, error: OSError) -> str:
     why = error.strerror or str(error)
     for option, value in (("--tls-cert", settings.tls_cert),
                           ("--tls-key", settings.tls_key),
-                          ("--log", settings.log)):
+                          ("--log", settings.log),
+                          ("--motd", settings.motd)):
         if value and error.filename == value:
             return f"{option} {value}: {why}"
     return ""
