@@ -74,14 +74,15 @@ import ssl
 import sys
 import threading
 import time
-from typing import (Callable, Iterable, Iterator, List, NoReturn, Optional,
-                    Tuple, Union)
+from typing import (Callable, Dict, Iterable, Iterator, List, NoReturn,
+                    Optional, Tuple, Union)
 
 import protocol
+from completion import Completer, Roster, fold
 from dial import (Connection, connect, format_address, make_tls_context,
                   ssl_reason)
-from terminal import (OutputClosed, Terminal, is_history, local_notice, render,
-                      sanitize, wants_colour)
+from terminal import (OutputClosed, Terminal, is_history, local_notice,
+                      mentions, render, sanitize, wants_colour)
 
 #: Seconds without a word from the server after connecting before we say
 #: that we are still waiting (a TLS server waits for a TLS client to speak
@@ -102,6 +103,13 @@ FIRST_DELAY_ENV = "CHAT_RECONNECT_FIRST_DELAY"
 RECONNECT_GIVE_UP = 300.0
 #: Seconds a new connection may be silent while we take our seat back.
 REJOIN_TIMEOUT = 10.0
+#: When to ring the terminal's bell (``--bell``): on a private message
+#: (the default), also when someone mentions your nickname, on every
+#: message from someone else, or never.
+BELL_CHOICES = ("pm", "mention", "all", "off")
+#: Commands client.py answers itself, which the server never sees (they
+#: are about this screen only), with their lines of -help.
+CLIENT_COMMANDS = {"-time": ("-time", "client.py: timestamps on/off")}
 
 
 # --- Choosing a nickname -----------------------------------------------------
@@ -348,14 +356,18 @@ def echo_for(line: str, prompt: str, partner: str) -> Optional[str]:
     can mislead: ``[everyone]> -to alice sure`` went to alice only,
     ``[to bob]> -all hi`` to everyone. So:
 
-    * ``-to NICK text`` reads as if typed at NICK's prompt, without the
-      command: ``[to NICK]> text``; ``-all text`` as ``[everyone]> text``;
+    * a private line (``-to NICK text``, or a plain line to a partner) is
+      left for the server's copy, ``-> NICK: text``, which replaces it
+      once it went (:meth:`Terminal.show_instead_of_typed`); if it did
+      not, the line stays as typed, with the server's error under it;
+    * ``-all text`` reads ``[everyone]> text``;
     * ``-admin PASSWORD`` reads ``[everyone]> -admin ********`` (after
       the prompt it was typed at): the password does not stay on the
       screen, and eight stars whatever its length;
-    * a plain line stays as typed: the prompt says where it went (unless
-      the partner changed while it was being typed, if the server was slow
-      to confirm a ``-to``: then it gets the prompt of where it went);
+    * a plain line to everyone stays as typed: the prompt says where it
+      went (unless the partner changed while it was being typed, if the
+      server was slow to confirm a ``-to``: then it gets the prompt of
+      where it went);
     * other commands, and lines the server will refuse, stay as typed.
 
     ``prompt`` is the prompt the line was typed at; ``partner`` who plain
@@ -365,14 +377,14 @@ def echo_for(line: str, prompt: str, partner: str) -> Optional[str]:
     if command is None or spec is None:
         return None  # not sent, or the server answers with what is wrong
     if spec.client == protocol.ROUTE and command.text:
-        # -to NICK text, -all text (whose target is "", everyone)
-        return prompt_for(command.target) + command.text
+        # -to NICK text waits for the server's copy; -all text:
+        return None if command.target else prompt_for("") + command.text
     if spec.client == protocol.HIDE:
         # Rewriting replaces the prompt too (see Terminal.rewrite_typed):
         # put it back, so that this line reads like every other one.
         return prompt + line.split(None, 1)[0] + " ********"
-    if command.name == "say" and prompt_for(partner) != prompt:
-        return prompt_for(partner) + line
+    if command.name == "say" and not partner and prompt_for("") != prompt:
+        return prompt_for("") + line
     return None
 
 
@@ -399,9 +411,17 @@ class ChatState:
     needs too (who plain lines go to, and whether the server answered),
     and what it needs itself to get back in after a lost connection."""
 
-    def __init__(self, nick: str) -> None:
+    def __init__(self, nick: str, timestamps: bool = False,
+                 bell: str = "pm") -> None:
         self.nick = nick
         self.partner = ""  # "" means everyone
+        self.timestamps = timestamps  # HH:MM before each line shown
+        self.bell = bell              # one of BELL_CHOICES
+        #: Who is online, for Tab completion.
+        self.roster = Roster()
+        #: Whom the user ignores (fold(nick) -> nick): their lines are not
+        #: shown, even by a server that does not know -ignore.
+        self.ignoring: Dict[str, str] = {}
         self.replies = 0   # partner confirmations and errors seen so far
         #: The secret that gets our seat back after a lost connection, as
         #: the server gave it on joining; None if it gave none. Kept in
@@ -430,6 +450,8 @@ class ChatState:
 
     def note(self, line: str) -> None:
         """Take in one server line (called by the reader thread). The
+        replies the main thread may wait for are partner changes, errors
+        and the copies of private lines sent. The
         partner changes only when the server confirms it, so a failed
         ``-to`` leaves it as it was; a first welcome (after reconnecting
         to a server that had lost our seat) puts it back to everyone, and
@@ -443,6 +465,14 @@ class ChatState:
             self.kicked = self.sent_away = True
         if line == protocol.format_replaced():
             self.sent_away = True
+        self.roster.note(line)
+        renamed = protocol.nick_change(line)
+        if renamed is not None:
+            old, new = renamed
+            if not old:
+                self.nick = new
+            elif self.partner and fold(self.partner) == fold(old):
+                self.partner = new  # our lines follow them (server-side)
         change = protocol.partner_change(line)
         welcomed = protocol.welcomed_nick(line)
         if welcomed is not None and line == protocol.format_welcome(welcomed):
@@ -450,7 +480,8 @@ class ChatState:
             # void (a server that keeps seats sends a new one next).
             change = ""
             self.token = None
-        if change is None and not line.startswith(protocol.ERROR):
+        if change is None and not line.startswith(
+                (protocol.ERROR, protocol.SENT)):
             return
         with self._changed:
             if change is not None:
@@ -563,8 +594,34 @@ def show_server_line(line: str, terminal: Terminal,
         if state.hint_shown:
             return
         state.hint_shown = True
+    parsed = protocol.parse_server_line(line)
+    if parsed.kind in ("message", "private") and parsed.nick:
+        if fold(parsed.nick) in state.ignoring:
+            return  # the server should not have sent it (an old one)
+        state.roster.add(parsed.nick)
     state.note(line)
-    terminal.show(render(line, state.nick, terminal.colour))
+    text = render(line, state.nick, terminal.colour)
+    if state.timestamps and not is_history(line):
+        text = time.strftime("%H:%M ") + text
+    if parsed.kind == "sent":
+        terminal.show_instead_of_typed(text)
+    else:
+        terminal.show(text)
+    if rings_bell(parsed, state):
+        terminal.bell()
+
+
+def rings_bell(parsed: protocol.ServerLine, state: ChatState) -> bool:
+    """Whether a line from the server rings the bell, by ``--bell``: a
+    private message (``pm``, and the others but ``off``), a message that
+    mentions our nickname (``mention``), any message (``all``); never our
+    own lines."""
+    if state.bell == "off" or parsed.kind not in ("message", "private") \
+            or fold(parsed.nick) == fold(state.nick):
+        return False
+    if parsed.kind == "private" or state.bell == "all":
+        return True
+    return state.bell == "mention" and mentions(parsed.text, state.nick)
 
 
 def _reason(error: BaseException) -> str:
@@ -688,10 +745,22 @@ def start_thread(thread: threading.Thread) -> None:
         thread.start()
 
 
+def help_lines() -> List[str]:
+    """The lines of -help, with the commands of client.py itself."""
+    return protocol.format_help(list(CLIENT_COMMANDS.values()))
+
+
 def show_help(terminal: Terminal) -> None:
     """-help, answered locally so it works even if the server is gone."""
     terminal.show_lines([render(line, "", terminal.colour)
-                         for line in protocol.format_help()])
+                         for line in help_lines()])
+
+
+def toggle_timestamps(terminal: Terminal, state: ChatState) -> None:
+    """``-time``: timestamps on or off."""
+    state.timestamps = not state.timestamps
+    show_notice(terminal, "Timestamps on." if state.timestamps
+                else "Timestamps off.")
 
 
 #: The commands client.py answers itself (``client`` is ``LOCAL`` in the
@@ -711,8 +780,13 @@ def handle_line(line: str, link: Link, terminal: Terminal,
     so (it is not kept for later: by then it may not fit the talk)."""
     if not line.strip():
         return True  # nothing to say
+    if line.strip().lower() == "-time":
+        toggle_timestamps(terminal, state)
+        return True
     command, spec = parse_typed(line)
     action = spec.client if spec is not None else protocol.SEND
+    if command is not None and command.name in ("ignore", "unignore"):
+        note_ignore(command, state)
     if action == protocol.LOCAL:
         LOCAL_COMMANDS[spec.name](terminal)  # type: ignore[union-attr]
         return True
@@ -721,9 +795,11 @@ def handle_line(line: str, link: Link, terminal: Terminal,
     if action == protocol.HIDE:
         terminal.forget_last_line()
     # "-to NICK" and "-all" change who plain lines go to; wait for the
-    # server's answer so that the next prompt shows the right partner.
+    # server's answer so that the next prompt shows the right partner. A
+    # private line: wait for its copy (or the error), so that it replaces
+    # the typed line before the next prompt (see echo_for).
     changes_partner = (action == protocol.ROUTE and command is not None
-                       and not command.text)
+                       and not command.text) or is_private(command, state)
     seen = state.replies
     try:
         link.send_line(line)
@@ -735,6 +811,28 @@ def handle_line(line: str, link: Link, terminal: Terminal,
     if changes_partner:
         state.wait_for_reply(seen, REPLY_TIMEOUT)
     return True
+
+
+def is_private(command: Optional[protocol.Command],
+               state: ChatState) -> bool:
+    """Whether a typed command sends a private line."""
+    if command is None:
+        return False
+    if command.name == "to":
+        return bool(command.text)
+    return command.name in ("say", "me") and bool(state.current_partner())
+
+
+def note_ignore(command: protocol.Command, state: ChatState) -> None:
+    """Keep our own list of whom we ignore, as typed (see
+    :attr:`ChatState.ignoring`)."""
+    nick = (command.text or command.target).split(" ", 1)[0]
+    if not nick:
+        return  # "-ignore" alone lists them
+    if command.name == "ignore":
+        state.ignoring[fold(nick)] = nick
+    else:
+        state.ignoring.pop(fold(nick), None)
 
 
 def chat(link: Link, terminal: Terminal, state: ChatState) -> None:
@@ -911,7 +1009,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     help_lines = protocol.help_lines()
     width = max(len(usage) for usage, _ in help_lines)
     commands = "\n".join(f"  {usage.ljust(width)}  {what}"
-                         for usage, what in help_lines)
+                         for usage, what in help_lines
+                         + list(CLIENT_COMMANDS.values()))
     parser = argparse.ArgumentParser(
         description="Chat in the terminal with the users of a chat server.",
         epilog="commands, once in the chat:\n" + commands,
@@ -936,6 +1035,15 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         help="with --tls: trust the certificates in FILE (PEM) instead of"
              " the system's; for a server with a self-signed certificate,"
              " give its certificate: --cafile server.pem")
+    parser.add_argument(
+        "--timestamps", action="store_true",
+        help="show the time (HH:MM) before each line; -time in the chat"
+             " turns it on and off")
+    parser.add_argument(
+        "--bell", choices=BELL_CHOICES, default="pm",
+        help="ring the terminal's bell on a private message (pm, the"
+             " default), also when your nickname is mentioned (mention), on"
+             " every message (all), or never (off)")
     parser.add_argument(
         "--insecure", action="store_true",
         help="with --tls: do NOT check who the server is (encrypted, but"
@@ -995,7 +1103,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             """A new connection to the same server, the same way."""
             return connect(args.host, args.port, tls_context, args.cafile)
 
-        return run(conn, terminal, args.nick, dial)
+        return run(conn, terminal, args.nick, dial,
+                   ChatState("", args.timestamps, args.bell))
     except OutputClosed:
         return 1  # nobody reads our output, and we are not in the chat yet
     finally:
@@ -1003,10 +1112,12 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def run(conn: Connection, terminal: Terminal, nick: Optional[str],
-        dial: Optional[Callable[[], Connection]] = None) -> int:
+        dial: Optional[Callable[[], Connection]] = None,
+        state: Optional[ChatState] = None) -> int:
     """Join the chat, then chat until the user leaves; the exit status.
     ``dial()`` opens a new connection to the same server, to get back in
-    after a lost one; without it, a lost connection ends the program."""
+    after a lost one; without it, a lost connection ends the program.
+    ``state`` carries the user's choices (timestamps, bell), if any."""
     if nick is None and not terminal.interactive:
         nick = terminal.read_line("")  # piped: the first line is the nick
         if nick is None:
@@ -1021,7 +1132,11 @@ def run(conn: Connection, terminal: Terminal, nick: Optional[str],
         return fail(f"connection lost: {error.strerror or error}")
     if nick is None:
         return 0
-    state = ChatState(nick)
+    state = state or ChatState(nick)
+    state.nick = nick
+    terminal.set_completer(Completer(state.roster,
+                                     terminal.completing_line_start,
+                                     CLIENT_COMMANDS).complete)
     link = Link(conn)
     reader: Optional[threading.Thread] = None
     try:

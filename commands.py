@@ -56,8 +56,10 @@ class Commands:
 
     def do_me(self, member: Member, command: Command) -> None:
         """An action, ``* alice waves``: goes where a plain line would."""
-        if not command.text:
-            self._refuse(member, protocol.format_error("usage: -me text"))
+        problem = ("usage: -me text" if not command.text
+                   else protocol.action_error(command.text))
+        if problem:
+            self._refuse(member, protocol.format_error(problem))
             return
         self._say(member, command.text, action=True)
 
@@ -69,8 +71,7 @@ class Commands:
             return
         if command.text:
             self._spoke(member)
-            self._tell(member, target, protocol.format_private(
-                member.nick, command.text))
+            self._tell(member, target, command.text)
         else:
             member.partner = target
             self._send(member, protocol.format_partner(target.nick))
@@ -396,9 +397,7 @@ class Commands:
                 partner.nick) if again is not None
                 else protocol.format_partner_gone(partner.nick))
         else:
-            self._tell(member, partner, protocol.format_action(
-                member.nick, text, private=True) if action
-                else protocol.format_private(member.nick, text))
+            self._tell(member, partner, text, action)
 
     def _say_to_all(self, member: Member, line: str) -> None:
         if self._broadcast(line, exclude=member, sender=member):
@@ -406,12 +405,19 @@ class Commands:
         else:  # not said, as far as anyone is concerned: not recorded
             self._refuse(member, protocol.format_nobody_else())
 
-    def _tell(self, member: Member, target: Member, line: str) -> None:
-        """A private line from ``member`` to ``target``: not delivered if
-        ``target`` ignores ``member`` (who is not told: that is the point
-        of ignoring); an away target's reason goes back to the sender."""
+    def _tell(self, member: Member, target: Member, text: str,
+              action: bool = False) -> None:
+        """A private line (or action) from ``member`` to ``target``, and
+        its copy to ``member``, which says it went. Not delivered if
+        ``target`` ignores ``member``, who is not told: that is the point
+        of ignoring. An away target's reason goes back to the sender."""
+        line = (protocol.format_action(member.nick, text, private=True)
+                if action else protocol.format_private(member.nick, text))
         if protocol.nick_key(member.nick) not in target.ignoring:
             self._send(target, line)
+        self._send(member, protocol.format_private_sent(
+            target.nick, line[len(protocol.PRIVATE):] if action
+            else text))
         if target.away:
             self._send(member, protocol.format_is_away(target.nick,
                                                        target.away))

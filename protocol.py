@@ -434,6 +434,16 @@ def format_private(nick: str, text: str) -> str:
     return f"{PRIVATE}{nick}: {text}"
 
 
+#: Starts the copy of a private line its sender gets: ``-> bob: hi``.
+SENT = "-> "
+
+
+def format_private_sent(nick: str, text: str) -> str:
+    """Confirms a private line to its sender: ``-> bob: hi`` (the line
+    went to ``nick``; an error comes instead when it did not)."""
+    return f"{SENT}{nick}: {text}"
+
+
 def format_notice(text: str) -> str:
     """A line from the server itself."""
     return NOTICE + text
@@ -484,9 +494,10 @@ def format_commands_hint() -> str:
     return format_notice(f"Commands: {listed}; -help for more")
 
 
-def format_help() -> List[str]:
-    """The lines of ``-help``."""
-    lines = help_lines()
+def format_help(extra: Sequence[Tuple[str, str]] = ()) -> List[str]:
+    """The lines of ``-help``; ``extra`` (usage, what it does) pairs are
+    a client's own commands, listed last."""
+    lines = help_lines() + list(extra)
     width = max(len(usage) for usage, _ in lines)
     return [format_notice(f"{usage.ljust(width)}  {what}")
             for usage, what in lines]
@@ -626,6 +637,20 @@ def format_you_were_kicked(admin: str, reason: str = "") -> str:
 _NICK_CHANGED_RE = re.compile(r"\* (\S+) is now known as (\S+)")
 _YOU_ARE_NOW = "You are now known as {}."
 _YOU_ARE_NOW_RE = re.compile(r"\* You are now known as (\S+)\.")
+
+
+#: How the server's notices about a user go on after the nickname; an
+#: action (``-me``) may not start so, or ``-me left the chat`` would read
+#: as the server saying so.
+NOTICE_VERBS = ("joined the chat", "left the chat", "was ", "is now known",
+                "lost connection", "is back", "is away")
+
+
+def action_error(text: str) -> Optional[str]:
+    """Why ``text`` cannot be an action, or None if it can."""
+    if text.lower().startswith(NOTICE_VERBS):
+        return "that action would read like a server notice"
+    return None
 
 
 def format_action(nick: str, text: str, private: bool = False) -> str:
@@ -879,8 +904,10 @@ def format_replaced() -> str:
 
 class ServerLine(NamedTuple):
     """A server line, classified: ``kind`` is ``message``, ``private``,
-    ``notice`` or ``error``; ``nick`` is the sender of a message (else "");
-    ``text`` is the rest, without its marker."""
+    ``sent`` (the copy of a private line one sent), ``notice`` or
+    ``error``; ``nick`` is the sender of a message, or its receiver for
+    ``sent`` (else ""); ``text`` is the rest, without its marker (a
+    private action keeps its ``* nick``)."""
 
     kind: str
     nick: str
@@ -900,6 +927,11 @@ def parse_server_line(line: str) -> ServerLine:
     rest = line
     if line.startswith(PRIVATE):
         kind, rest = "private", line[len(PRIVATE):]
+        if rest.startswith(NOTICE):  # an action: [private] * alice waves
+            nick = rest[len(NOTICE):].split(" ", 1)[0]
+            return ServerLine(kind, nick, rest)
+    elif line.startswith(SENT):
+        kind, rest = "sent", line[len(SENT):]
     match = _MESSAGE_RE.fullmatch(rest)
     if match:
         return ServerLine(kind, match.group(1), match.group(2))
@@ -920,6 +952,35 @@ def nick_change(line: str) -> Optional[Tuple[str, str]]:
         return "", match.group(1)
     match = _NICK_CHANGED_RE.fullmatch(line)
     return (match.group(1), match.group(2)) if match else None
+
+
+_ONLINE_RE = re.compile(r"\* Online \(\d+\): (.*?)(?: and \d+ more"
+                        r" \(type -users\))?")
+_LISTED_NICK_RE = re.compile(r"([^\s,()]+)(?: \([^)]*\))?")
+_CAME_RE = re.compile(r"\* (\S+) joined the chat")
+_WENT_RE = re.compile(r"\* (\S+) (?:left the chat|was (?:kicked|banned)"
+                      r" by \S+.*)", re.DOTALL)
+_MANY_RE = re.compile(r"\* (Joined|Left) \(\d+\): (.*?)(?: and \d+ more)?")
+
+
+def presence(line: str) -> Optional[Tuple[str, List[str]]]:
+    """Who a line says is online, came or went, for a client keeping a
+    list of nicknames: ``("online", nicks)`` for the users line (the
+    nicknames it shows), ``("joined", nicks)`` or ``("left", nicks)``.
+    None for any other line."""
+    match = _ONLINE_RE.fullmatch(line)
+    if match:
+        return "online", _LISTED_NICK_RE.findall(match.group(1))
+    match = _CAME_RE.fullmatch(line)
+    if match:
+        return "joined", [match.group(1)]
+    match = _WENT_RE.fullmatch(line)
+    if match:
+        return "left", [match.group(1)]
+    match = _MANY_RE.fullmatch(line)
+    if match:
+        return match.group(1).lower(), match.group(2).split(", ")
+    return None
 
 
 def partner_change(line: str) -> Optional[str]:

@@ -56,7 +56,7 @@ import sys
 import threading
 import unicodedata
 from types import ModuleType
-from typing import Optional, Sequence, TextIO, Tuple
+from typing import Callable, Optional, Sequence, TextIO, Tuple
 
 import protocol
 
@@ -137,15 +137,23 @@ MENTION_STYLE = "\x1b[1;33;4m"   # bold yellow underlined: your nickname
 HISTORY_STYLE = "\x1b[2m"        # dim: said before you came, not live
 
 
+def _mention_pattern(my_nick: str) -> "re.Pattern[str]":
+    return re.compile(r"(?<!\w)" + re.escape(my_nick) + r"(?!\w)",
+                      re.IGNORECASE)
+
+
+def mentions(text: str, my_nick: str) -> bool:
+    """Whether ``text`` names ``my_nick`` as a whole word."""
+    return bool(my_nick) and bool(_mention_pattern(my_nick).search(text))
+
+
 def _highlight_mentions(text: str, my_nick: str, base: str) -> str:
     """Highlight ``my_nick`` as a whole word in ``text``; ``base`` is the
     style to return to after each highlight."""
     if not my_nick:
         return text
-    pattern = re.compile(r"(?<!\w)" + re.escape(my_nick) + r"(?!\w)",
-                         re.IGNORECASE)
-    return pattern.sub(lambda m: MENTION_STYLE + m.group() + RESET + base,
-                       text)
+    return _mention_pattern(my_nick).sub(
+        lambda m: MENTION_STYLE + m.group() + RESET + base, text)
 
 
 def is_history(line: str) -> bool:
@@ -175,6 +183,10 @@ def render(line: str, my_nick: str, colour: bool) -> str:
         return NOTICE_STYLE + text + RESET
     if parsed.kind == "error":
         return ERROR_STYLE + text + RESET
+    if parsed.kind == "sent" or (parsed.kind == "private"
+                                 and parsed.text.startswith(protocol.NOTICE)):
+        # Our own private line, or a private action: one style throughout.
+        return PRIVATE_STYLE + text + RESET
     from_me = protocol.nick_key(parsed.nick) == protocol.nick_key(my_nick)
     mention_nick = "" if from_me else my_nick
     if parsed.kind == "private":
@@ -432,6 +444,44 @@ class Terminal:
         for line in lines:
             self.show(line)
 
+    def show_instead_of_typed(self, text: str) -> None:
+        """Show ``text`` in place of the line just typed, if that can be
+        done (see :meth:`rewrite_typed`); otherwise as a new line. For a
+        server's answer that says better than the typed line what it
+        did: ``-> bob: hi`` for ``-to bob hi``."""
+        with self._lock:
+            if self._rewrite(text):
+                return
+        self.show(text)
+
+    def bell(self) -> None:
+        """Ring the terminal's bell (BEL), only if the output is a
+        terminal: in a pipe or a file it would be a stray byte."""
+        with self._lock:
+            if self._out.isatty():
+                self._write("\a")
+
+    def set_completer(self, complete: Callable[[str, int], Optional[str]]
+                      ) -> None:
+        """Complete words with Tab, by ``complete(text, index)`` (see
+        ``completion.Completer``); nothing without readline."""
+        readline = self._readline
+        if readline is None:
+            return
+        readline.set_completer(complete)
+        # A word is what lies between spaces: nicknames may hold "-" and
+        # ".", which readline's default delimiters would split at.
+        readline.set_completer_delims(" \t")
+        if _is_libedit(readline):
+            readline.parse_and_bind("bind ^I rl_complete")
+        else:
+            readline.parse_and_bind("tab: complete")
+
+    def completing_line_start(self) -> bool:
+        """While completing: whether the word starts the line."""
+        readline = self._readline
+        return readline is None or readline.get_begidx() == 0
+
     def finish(self, text: Optional[str]) -> None:
         """Last output before a hard exit: clear the prompt line, print
         ``text`` (if any) and put the terminal back as we found it.
@@ -519,17 +569,23 @@ class Terminal:
           of (the server refuses control characters anyway).
         """
         with self._lock:
-            typed, self._typed = self._typed, None
-            if (typed is None or self._printed_below or self._dumb
-                    or self._rl_done is None
-                    or _CONTROL_RE.search(typed + text)
-                    or "\t" in typed + text):
-                return
-            size = shutil.get_terminal_size()
-            rows = screen_rows(self._prompt + typed, size.columns)
-            if rows >= size.lines:
-                return  # its first row has scrolled off the screen
-            self._write(f"\x1b[{rows}A\r\x1b[J{text}\n")
+            self._rewrite(text)
+
+    def _rewrite(self, text: str) -> bool:
+        """:meth:`rewrite_typed`, with the lock held; True if done."""
+        typed, self._typed = self._typed, None
+        # (``text`` is printed after the erase, so its width does not
+        # matter; it may be styled.)
+        if (typed is None or self._printed_below or self._dumb
+                or self._rl_done is None
+                or _CONTROL_RE.search(typed) or "\t" in typed):
+            return False
+        size = shutil.get_terminal_size()
+        rows = screen_rows(self._prompt + typed, size.columns)
+        if rows >= size.lines:
+            return False  # its first row has scrolled off the screen
+        self._write(f"\x1b[{rows}A\r\x1b[J{text}\n")
+        return True
 
     # -- Input
 

@@ -389,13 +389,12 @@ def test_screen_position_and_rows(text: str, columns: int, position,
 
 
 @pytest.mark.parametrize("line, prompt, partner, echo", [
-    # -to NICK text and -all text read as typed at the prompt of where
-    # they went, without the command.
-    ("-to alice sure, see you", "[everyone]> ", "",
-     "[to alice]> sure, see you"),
-    ("-to alice sure", "[to bob]> ", "bob", "[to alice]> sure"),
-    ("-TO  alice   spaced out  ", "[everyone]> ", "",
-     "[to alice]> spaced out"),            # as the server sends it
+    # A private line waits for the server's copy, "-> alice: sure",
+    # which replaces it once it went (Terminal.show_instead_of_typed).
+    ("-to alice sure, see you", "[everyone]> ", "", None),
+    ("-to alice sure", "[to bob]> ", "bob", None),
+    ("-TO  alice   spaced out  ", "[everyone]> ", "", None),
+    # -all text reads as typed at the prompt of where it went.
     ("-all the meeting starts", "[to bob]> ", "bob",
      "[everyone]> the meeting starts"),
     ("-all hi", "[everyone]> ", "", "[everyone]> hi"),
@@ -408,8 +407,9 @@ def test_screen_position_and_rows(text: str, columns: int, position,
     # A plain line: the prompt already says where it went...
     ("hello", "[everyone]> ", "", None),
     ("hello", "[to bob]> ", "bob", None),
-    # ...unless the partner changed while it was typed.
-    ("hello", "[everyone]> ", "bob", "[to bob]> hello"),
+    # ...unless the partner changed while it was typed (to a partner, the
+    # server's copy says where it went).
+    ("hello", "[everyone]> ", "bob", None),
     ("hello", "[to bob]> ", "", "[everyone]> hello"),
     # Other commands, and lines that send nothing, stay as typed.
     ("-to bob", "[everyone]> ", "bob", None),
@@ -430,9 +430,8 @@ def test_echo_for(line: str, prompt: str, partner: str, echo) -> None:
     assert client.echo_for(line, prompt, partner) == echo
 
 
-def test_echo_for_sanitises_the_nick() -> None:
-    assert client.echo_for("-to b\x1b[2Job hi", "[everyone]> ", "") == \
-        "[to bob]> hi"
+def test_prompt_for_sanitises_the_nick() -> None:
+    assert client.prompt_for("b\x1b[2Job") == "[to bob]> "
 
 
 def test_no_rewrite_without_a_terminal() -> None:
@@ -1198,7 +1197,7 @@ def test_lines_after_the_nickname_go_to_register_in_order(ends) -> None:
     assert answers == []
     assert out.getvalue().splitlines() == [
         PROMPT, protocol.format_nick_taken("bob"), PROMPT,
-        *protocol.format_help(), "* " + client.NICK_FIRST,
+        *client.help_lines(), "* " + client.NICK_FIRST,
         protocol.format_welcome("alice")]
     left = server.conn.take_received() or [server.conn.read_line()]
     assert left == [protocol.format_commands_hint()]

@@ -22,6 +22,7 @@ from typing import Callable, Dict, Iterator, List, Optional
 
 import pytest
 
+import client
 import protocol
 from helpers import ADMIN_PASSWORD, DEADLINE, ROOT, wait_until
 from terminal import (HISTORY_STYLE, MENTION_STYLE, PRIVATE_STYLE, RESET,
@@ -368,7 +369,7 @@ def test_help_at_the_nickname_prompt_is_answered_locally(spawn, server,
     assert b"refused" not in alice.output
     shown = screen(alice.output, alice.columns)
     help_rows = [row for row in shown if row.startswith("* -")]
-    assert help_rows == [row for row in protocol.format_help()
+    assert help_rows == [row for row in client.help_lines()
                          if row.startswith("* -")]
 
 
@@ -508,8 +509,9 @@ def test_sent_lines_are_rewritten_to_show_where_they_went(
     alice = joined(spawn)
     alice.write("-to bob hello\r")
     bob.expect("[private] alice: hello")
-    # Up one row (the typed line took one), erase, and the line as it went.
-    alice.expect("-to bob hello\r\n\x1b[1A\r\x1b[J[to bob]> hello\r\n")
+    # The server's copy says it went: up one row (the typed line took
+    # one), erase, and the copy in its place.
+    alice.expect("-to bob hello\r\n\x1b[1A\r\x1b[J-> bob: hello\r\n")
     alice.expect("[everyone]> ")
     alice.write("-admin secret\r")
     # The password starred out, after the prompt it was typed at.
@@ -528,7 +530,7 @@ def test_sent_lines_are_rewritten_to_show_where_they_went(
     alice.wait_idle()
     shown = screen(alice.output, alice.columns)
     assert shown[-6:] == [
-        "[to bob]> hello",
+        "-> bob: hello",
         "[everyone]> -admin ********",
         "! wrong admin password (2 tries left)",
         "[everyone]> just typed",
@@ -542,11 +544,11 @@ def test_a_wrapped_line_is_rewritten_whole(spawn, server, clients) -> None:
     alice = joined(spawn, columns=40)
     # Typed, "[everyone]> -to bob " and the text take three rows of 40:
     # "日" does not fit in the first row's last column, so the rest takes
-    # 41 columns. As sent, "[to bob]> " and the text take two rows.
+    # 41 columns. As sent, "-> bob: " and the text take two rows.
     text = "a" * 19 + "日" + "b" * 39
     alice.write(f"-to bob {text}\r")
     bob.expect(f"[private] alice: {text}")
-    alice.expect(f"\x1b[3A\r\x1b[J[to bob]> {text}\r\n")
+    alice.expect(f"\x1b[3A\r\x1b[J-> bob: {text}\r\n")
     alice.expect("[everyone]> ")
     # Typed, three rows; as sent, exactly two: the next prompt must come
     # right after them, with no empty row.
@@ -556,8 +558,8 @@ def test_a_wrapped_line_is_rewritten_whole(spawn, server, clients) -> None:
     alice.expect("[everyone]> ")
     alice.wait_idle()
     assert screen(alice.output, 40)[-5:] == [
-        "[to bob]> " + "a" * 19 + "日" + "b" * 9,
-        "b" * 30,
+        "-> bob: " + "a" * 19 + "日" + "b" * 11,
+        "b" * 28,
         "[everyone]> " + "c" * 28,
         "c" * 40,
         "[everyone]>"]

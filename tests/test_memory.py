@@ -628,7 +628,7 @@ def test_resumed_seat_has_the_new_address_its_partner_and_admin_rights():
     assert case.b_link.take() == ["[private] alice: just to you"]
     assert case.c_link.take() == []
     chat.say(case.bob, "and back")
-    assert link.take() == ["[private] bob: and back"]
+    assert link.take() == ["-> bob: just to you", "[private] bob: and back"]
     chat.say(seat, "-kick carol")
     assert case.carol.state == GONE
     assert case.c_link.sealed and case.c_link.closed

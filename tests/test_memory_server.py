@@ -65,6 +65,7 @@ def test_late_joiner_gets_exactly_the_last_five_public_lines(make_server,
         bob.next_is(f"alice: public {number}")
         bob.send(f"-to alice private {number}")
         alice.next_is(f"[private] bob: private {number}")
+        bob.next_is(f"-> alice: private {number}")
     carol, _ = join(clients, server, "carol")
     for number in range(2, 7):
         line = carol.read_line()
@@ -88,6 +89,7 @@ def test_history_command_over_tcp(make_server, clients):
         bob.next_is(f"alice: {text}")
     bob.send("-to alice not for history")
     alice.next_is("[private] bob: not for history")
+    bob.next_is("-> alice: not for history")
     bob.send("-history 2")
     assert history_text(bob.read_line()) == "alice: second"
     assert history_text(bob.read_line()) == "alice: third"
@@ -135,6 +137,7 @@ def test_transcript_file_after_a_short_session(make_server, clients,
                what="the line flushed to the file")
     bob.send("-to alice whispered words")
     alice.next_is("[private] bob: whispered words")
+    bob.next_is("-> alice: whispered words")
     alice.send("café ☕ ünïcode")
     bob.next_is("alice: café ☕ ünïcode")
     carol, c_token = join(clients, server, "carol")
@@ -231,6 +234,7 @@ def test_resume_over_tcp_gets_the_held_lines_once(make_server, clients,
     bob.send("public while away")
     bob.send("-to alice private while away")
     bob.send("-users")  # answered after both lines were handled
+    bob.next_is("-> alice: private while away")
     users = bob.read_line()
     assert users.startswith("* Online (2): ")
     assert "alice (reconnecting)" in users

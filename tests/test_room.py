@@ -499,7 +499,9 @@ def test_say_goes_to_the_partner_only(trio):
     assert a.take() == [protocol.format_partner("bob")]
     say(room, alice, "just us")
     assert b.take() == [protocol.format_private("alice", "just us")]
-    assert a.take() == [] and c.take() == []
+    # The sender gets a copy that says the line went, and to whom.
+    assert a.take() == [protocol.format_private_sent("bob", "just us")]
+    assert c.take() == []
 
 
 def test_say_to_a_partner_who_left_is_refused(trio):
@@ -535,7 +537,9 @@ def test_to_with_text_sends_one_private_line(trio):
     room, [(alice, a), (_, b), (_, c)] = trio
     say(room, alice, "-to bob psst, a secret")
     assert b.take() == [protocol.format_private("alice", "psst, a secret")]
-    assert a.take() == [] and c.take() == []
+    assert a.take() == [protocol.format_private_sent("bob",
+                                                     "psst, a secret")]
+    assert c.take() == []
     say(room, alice, "public again")
     assert b.take() == c.take() == [protocol.format_message(
         "alice", "public again")]

@@ -89,6 +89,7 @@ def test_partner_then_all(server, clients):
     alice.next_is(protocol.format_partner("bob"))
     alice.send("just for bob")
     bob.next_is(protocol.format_private("alice", "just for bob"))
+    alice.next_is(protocol.format_private_sent("bob", "just for bob"))
     marker(alice, carol)
     bob.next_is("alice: marker")
     alice.send("-all")
