@@ -203,8 +203,9 @@ class Commands:
             self._send(member, protocol.format_ignoring(target.nick))
 
     def do_unignore(self, member: Member, command: Command) -> None:
-        nick = member.ignoring.pop(protocol.nick_key(command.target), None)
-        if nick is None or command.text:
+        key = protocol.nick_key(command.target)
+        nick = None if command.text else member.ignoring.pop(key, None)
+        if nick is None:
             self._refuse(member, protocol.format_error(
                 f"you do not ignore {command.target[:40]}; -ignore lists"
                 " whom you do"))
@@ -336,8 +337,8 @@ class Commands:
         wanted = command.target.strip("[]")
         if wanted.startswith("::ffff:") and "." in wanted:
             wanted = wanted[len("::ffff:"):]
-        ban = self._bans.lift(wanted)
-        if ban is None:
+        ban = None if command.text else self._bans.lift(wanted)
+        if ban is None and not command.text:
             key = protocol.nick_key(wanted)
             for given in self._bans.in_force():
                 if protocol.nick_key(given.nick) == key:

@@ -25,6 +25,7 @@ A notice starts with ``* ``, an error with ``! ``, a private message with
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from typing import (Dict, Iterable, List, NamedTuple, Optional, Sequence,
@@ -685,12 +686,17 @@ def format_is_away(nick: str, reason: str) -> str:
 
 
 def format_whois(nick: str, facts: Sequence[str]) -> str:
-    """``-whois NICK``: ``* alice: joined 14:02 UTC (5 min ago), ...``."""
+    """``-whois NICK``: ``* alice: joined 14:02 (5 min ago), ...``, the
+    time on the server's clock."""
     return format_notice(f"{nick}: {', '.join(facts)}")
 
 
-def format_duration(seconds: float) -> str:
-    """A rough, readable duration: ``40 s``, ``5 min``, ``2 h 10 min``."""
+def format_duration(seconds: float, left: bool = False) -> str:
+    """A rough, readable duration: ``40 s``, ``5 min``, ``2 h 10 min``;
+    rounded down, or with ``left`` (a time still to run) up to the whole
+    minute, so that a 5-minute mute just given says 5, not 4."""
+    if left and seconds > 60:
+        seconds = math.ceil(seconds / 60) * 60
     seconds = int(max(seconds, 0))
     if seconds < 60:
         return f"{seconds} s"
@@ -737,7 +743,7 @@ def format_you_were_muted(admin: str, minutes: Optional[float]) -> str:
 def format_you_are_muted(seconds_left: Optional[float]) -> str:
     """The answer to every line a muted user sends."""
     left = (" until an admin lifts it" if seconds_left is None
-            else f", {format_duration(seconds_left)} left")
+            else f", {format_duration(seconds_left, left=True)} left")
     return format_error(f"you are muted{left}; your line reached nobody")
 
 
@@ -767,7 +773,7 @@ def format_refused_banned(seconds_left: Optional[float],
     """The one line a connection from a banned address gets."""
     why = f" ({reason})" if reason else ""
     left = ("" if seconds_left is None
-            else f"; try again in {format_duration(seconds_left)}")
+            else f"; try again in {format_duration(seconds_left, True)}")
     return format_error(f"this address is banned from the chat{why}{left}")
 
 
@@ -775,7 +781,7 @@ def format_ban_entry(host: str, nick: str, admin: str, reason: str,
                      seconds_left: Optional[float]) -> str:
     """One line of ``-bans``."""
     left = ("until -unban" if seconds_left is None
-            else f"{format_duration(seconds_left)} left")
+            else f"{format_duration(seconds_left, left=True)} left")
     why = f": {reason}" if reason else ""
     return format_notice(f"  {host} ({nick}, by {admin}, {left}){why}")
 

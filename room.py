@@ -411,8 +411,10 @@ class Room(Commands):
         they point at the member, not at its name."""
         old_key, new_key = protocol.nick_key(member.nick), \
             protocol.nick_key(nick)
-        del self._by_key[old_key]
-        self._by_key[new_key] = member
+        # Rebuilt rather than updated, so that the member keeps its place
+        # in the join order (-users lists by it); a rename is rare.
+        self._by_key = {(new_key if key == old_key else key): other
+                        for key, other in self._by_key.items()}
         self._nicks[member.address] = nick
         member.nick = nick
         for other in self._by_key.values():

@@ -471,17 +471,17 @@ def read_motd(path: str) -> List[str]:
     escape sequence must not reach every terminal), blank lines at either
     end left out. Raises OSError naming the file."""
     with open(path, encoding=protocol.ENCODING, errors="replace") as file:
-        lines = []
+        lines: List[str] = []
         for line in file:
             line = line.rstrip("\r\n").expandtabs(4)
             line = protocol.CONTROL_RE.sub("\ufffd", line)
-            lines.append(line[:config.MAX_MOTD_LINE_CHARS].rstrip())
+            line = line[:config.MAX_MOTD_LINE_CHARS].rstrip()
+            if line or lines:  # blank lines at the top do not count
+                lines.append(line)
             if len(lines) >= config.MAX_MOTD_LINES:
                 break
     while lines and not lines[-1]:
         lines.pop()
-    while lines and not lines[0]:
-        lines.pop(0)
     return lines
 
 

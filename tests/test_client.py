@@ -15,6 +15,7 @@ from typing import Callable, List, Tuple
 import pytest
 
 import client
+from completion import Completer, Roster
 import protocol
 from helpers import DEADLINE, wait_until
 from terminal import (BOLD, ERROR_STYLE, HISTORY_STYLE, MENTION_STYLE,
@@ -1201,3 +1202,96 @@ def test_lines_after_the_nickname_go_to_register_in_order(ends) -> None:
         protocol.format_welcome("alice")]
     left = server.conn.take_received() or [server.conn.read_line()]
     assert left == [protocol.format_commands_hint()]
+
+
+# --- Comforts: completion, ignoring, the bell, timestamps --------------------
+
+
+def test_the_roster_follows_the_servers_lines() -> None:
+    roster = Roster()
+    roster.note(protocol.format_users(["alice", "bob", "Захар"], "alice",
+                                      ["bob"], 60, [], ["Захар"]))
+    assert sorted(roster.nicks()) == ["alice", "bob", "Захар"]
+    roster.note(protocol.format_joined("carol"))
+    roster.note(protocol.format_left("bob"))
+    roster.note(protocol.format_nick_changed("carol", "Carola"))
+    roster.note(protocol.format_kicked("alice", "root", "spam"))
+    roster.note(protocol.format_joined_many(["d1", "d2"]))
+    roster.note(protocol.format_left_many(["d1"]))
+    assert sorted(roster.nicks()) == ["Carola", "d2", "Захар"]
+    # A message's text never changes the roster, whatever it says.
+    roster.note("eve: * mallory joined the chat")
+    assert "mallory" not in roster.nicks()
+
+
+def test_completion_of_flags_at_the_start_and_nicknames_elsewhere() -> None:
+    roster = Roster()
+    roster.note(protocol.format_users(["alice", "Bob", "Захар", "bobby"],
+                                      "alice"))
+    at_start = [True]
+    completer = Completer(roster, lambda: at_start[0], ["-time"])
+
+    def all_of(text: str) -> List[str]:
+        found, index = [], 0
+        while True:
+            word = completer.complete(text, index)
+            if word is None:
+                return found
+            found.append(word)
+            index += 1
+
+    assert all_of("-us") == ["-users "]
+    assert all_of("-WH") == ["-whois "]          # flags ignore case
+    assert all_of("-ti") == ["-time "]           # the client's own
+    assert all_of("-u") == ["-unban ", "-unignore ", "-unmute ", "-users "]
+    assert all_of("bo") == ["Bob ", "bobby "]    # nicknames ignore case
+    assert all_of("зах") == ["Захар "]           # Unicode too
+    at_start[0] = False
+    assert all_of("ЗА") == ["Захар "]
+    assert all_of("-us") == []                    # a flag only comes first
+    assert all_of("x") == []
+
+
+def test_lines_of_an_ignored_user_are_not_shown() -> None:
+    terminal, out = _screen()
+    state = client.ChatState("alice")
+    client.note_ignore(protocol.parse_command("-ignore BOB"), state)
+    for line in ("bob: hi", "[private] bob: psst", "carol: hi"):
+        client.show_server_line(line, terminal, state)
+    assert out.getvalue() == "carol: hi\n"
+    client.note_ignore(protocol.parse_command("-unignore bob"), state)
+    client.show_server_line("bob: back", terminal, state)
+    assert out.getvalue() == "carol: hi\nbob: back\n"
+
+
+@pytest.mark.parametrize("bell, line, rings", [
+    ("pm", "[private] bob: psst", True),
+    ("pm", "bob: hi alice", False),
+    ("mention", "bob: hi Alice!", True),
+    ("mention", "bob: hi alicea", False),
+    ("mention", "[private] bob: psst", True),
+    ("all", "bob: anything", True),
+    ("off", "[private] bob: psst", False),
+    ("all", "alice: my own line", False),
+    ("all", "* bob joined the chat", False),
+])
+def test_when_the_bell_rings(bell: str, line: str, rings: bool) -> None:
+    state = client.ChatState("alice", bell=bell)
+    assert client.rings_bell(protocol.parse_server_line(line),
+                             state) is rings
+
+
+def test_no_bell_byte_when_the_output_is_not_a_terminal() -> None:
+    terminal, out = _screen()
+    client.show_server_line("[private] bob: psst", terminal,
+                            client.ChatState("alice"))
+    assert "\a" not in out.getvalue()
+
+
+def test_our_own_nickname_change_is_noted() -> None:
+    state = client.ChatState("alice")
+    state.partner = "bob"
+    state.note(protocol.format_you_are_now("Alice"))
+    assert state.nick == "Alice"
+    state.note(protocol.format_nick_changed("BOB", "robert"))
+    assert state.current_partner() == "robert"

@@ -843,3 +843,87 @@ def test_cannot_connect_is_one_line_and_status_1(host: str) -> None:
     assert len(lines) == 1, result.stderr
     assert "refused" in lines[0] or "cannot find host" in lines[0]
     assert "Traceback" not in result.stderr
+
+
+# --- Comforts: Tab completion, the bell, timestamps --------------------------
+
+
+def test_tab_completes_flags_and_nicknames(spawn, server, clients) -> None:
+    bob = clients(server, "bob")
+    zakhar = clients(server, "Захар")
+    alice = joined(spawn)
+    # A flag at the start of the line, then a nickname, ignoring case: the
+    # line sent proves what the completion wrote.
+    alice.write("-to\t" + "BO\t" + "hello\r")
+    bob.expect("[private] alice: hello")
+    alice.expect("-> bob: hello")
+    alice.expect("[everyone]> ")
+    alice.write("-to за\t" + "привет\r")  # Unicode, lower case typed
+    zakhar.expect("[private] alice: привет")
+    alice.expect("[everyone]> ")
+    # Someone who came later, and a new nickname, complete too.
+    carol = clients(server, "carol")
+    alice.expect("carol joined the chat")
+    bob.send("-nick robert")
+    alice.expect("bob is now known as robert")
+    alice.write("-whoi\t" + "ca\t\r")
+    alice.expect("* carol: joined ")
+    alice.write("hi ROB\t" + "and c\t" + "!\r")
+    carol.expect("alice: hi robert and carol !")
+
+
+def test_the_bell_rings_for_a_private_message_only(spawn, server,
+                                                    clients) -> None:
+    bob = clients(server, "bob")
+    alice = joined(spawn)
+    bob.send("hi alice, in public")
+    alice.expect("bob: hi alice, in public")
+    bob.send("-to alice psst")
+    alice.expect("[private] bob: psst")
+    alice.expect("\a")
+    start = alice.output.index(b"in public")
+    end = alice.output.index(b"[private] bob: psst")
+    assert b"\a" not in alice.output[start:end]  # not for a public line
+
+
+def test_the_bell_on_mentions(spawn, server, clients) -> None:
+    bob = clients(server, "bob")
+    alice = spawn("--nick", "alice", "--bell", "mention")
+    alice.expect("[everyone]> ")
+    bob.send("nothing for anyone")
+    alice.expect("bob: nothing for anyone")
+    bob.send("hey Alice, look")
+    alice.expect("hey Alice, look")
+    alice.expect("\a")
+    assert alice.output.count(b"\a") == 1
+
+
+def test_timestamps_and_the_time_toggle(spawn, server, clients) -> None:
+    bob = clients(server, "bob")
+    alice = spawn("--nick", "alice", "--timestamps")
+    alice.expect("[everyone]> ")
+    bob.send("stamped")
+    alice.expect("bob: stamped")
+    alice.wait_idle()
+    rows = screen(alice.output, alice.columns)
+    assert any(re.fullmatch(r"\d\d:\d\d bob: stamped", row) for row in rows)
+    alice.write("-time\r")
+    alice.expect("Timestamps off.")
+    bob.send("plain")
+    alice.expect("bob: plain")
+    alice.expect("[everyone]> ")
+    alice.wait_idle()
+    assert "bob: plain" in screen(alice.output, alice.columns)
+
+
+def test_a_failed_private_line_stays_as_typed_with_the_error_under_it(
+        spawn, server, clients) -> None:
+    clients(server, "bob")
+    alice = joined(spawn)
+    alice.write("-to nobody are you there\r")
+    alice.expect("no such user: nobody")
+    alice.expect("[everyone]> ")
+    alice.wait_idle()
+    rows = screen(alice.output, alice.columns)
+    at = rows.index("[everyone]> -to nobody are you there")
+    assert rows[at + 1].startswith("! no such user: nobody")

@@ -315,7 +315,7 @@ def test_away_without_reason_and_changing_reason(server, clients):
 @pytest.mark.parametrize("line, heard", [
     ("back again", "bob: back again"),
     ("-all back again", "bob: back again"),
-    ("-me is back", "* bob is back"),
+    ("-me is here again", "* bob is here again"),
     ("-to alice back again", "[private] bob: back again"),
 ])
 def test_sending_a_line_clears_away(server, clients, line, heard):
@@ -841,3 +841,16 @@ def test_help_lists_every_new_command(server, clients):
               "-ban NICK [min] [reason]", "-unban ADDRESS", "-bans"}
     assert usages <= listed, usages - listed
     quiet(bob, alice)
+
+
+@pytest.mark.parametrize("text", ["left the chat", "Joined the chat",
+                                  "was kicked by root", "is now known as x",
+                                  "lost connection", "is back"])
+def test_an_action_that_reads_as_a_server_notice_is_refused(
+        server, clients, text):
+    alice, bob = clients(server, "alice"), clients(server, "bob")
+    alice.expect(protocol.format_joined("bob"))
+    alice.send(f"-me {text}")
+    alice.next_is(protocol.format_error(
+        "that action would read like a server notice"))
+    marker(alice, bob)
