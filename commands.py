@@ -132,10 +132,8 @@ class Commands:
         self._rename(member, nick)
         log.info("%s (%s) is now known as %s", old, member.name, nick)
         self._send(member, protocol.format_you_are_now(nick))
-        self._send_events()  # what is batched happened first
-        line = protocol.format_nick_changed(old, nick)
-        self._broadcast(line, exclude=member)
-        self._record(line, history=False)
+        self._tell_everyone(protocol.format_nick_changed(old, nick),
+                            exclude=member)
 
     def do_away(self, member: Member, command: Command) -> None:
         if self._muted(member):  # the reason would reach people
@@ -268,9 +266,10 @@ class Commands:
         target = self._find_other(member, command.target)
         if target is None:
             return
-        minutes, rest = self._minutes(member, command.text)
-        if minutes is False:
+        given = self._minutes(member, command.text)
+        if given is None:
             return
+        minutes, rest = given
         if rest:
             self._refuse(member, protocol.format_error(
                 "usage: -mute NICK [minutes]"))
@@ -285,10 +284,8 @@ class Commands:
         self._log_sanction(member, "muted", target, "")
         self._send(target, protocol.format_you_were_muted(member.nick,
                                                           minutes))
-        self._send_events()  # what is batched happened first
-        line = protocol.format_muted(target.nick, member.nick, minutes)
-        self._broadcast(line, exclude=target)
-        self._record(line, history=False)
+        self._tell_everyone(protocol.format_muted(
+            target.nick, member.nick, minutes), exclude=target)
 
     def do_unmute(self, member: Member, command: Command) -> None:
         mute = self._mutes.lift(protocol.nick_key(command.target))
@@ -300,10 +297,8 @@ class Commands:
         target = self._by_key.get(mute.key)
         if target is not None:
             self._send(target, protocol.format_you_were_unmuted(member.nick))
-        self._send_events()  # what is batched happened first
-        line = protocol.format_unmuted(mute.nick, member.nick)
-        self._broadcast(line, exclude=target)
-        self._record(line, history=False)
+        self._tell_everyone(protocol.format_unmuted(mute.nick, member.nick),
+                            exclude=target)
 
     def do_ban(self, member: Member, command: Command) -> None:
         """``-ban NICK [minutes] [reason]``: kick NICK and refuse new
@@ -313,9 +308,10 @@ class Commands:
         target = self._find_other(member, command.target)
         if target is None:
             return
-        minutes, reason = self._minutes(member, command.text)
-        if minutes is False:
+        given = self._minutes(member, command.text)
+        if given is None:
             return
+        minutes, reason = given
         host = host_of(target.address)
         if host == host_of(member.address):
             # A ban would lock the admin out too.
@@ -440,9 +436,10 @@ class Commands:
         return True
 
     def _minutes(self, member: Member, text: str
-                 ) -> Tuple[object, str]:
-        """Read optional minutes first in ``text``: (minutes or None,
-        the rest); (False, "") after telling the member they are wrong."""
+                 ) -> Optional[Tuple[Optional[int], str]]:
+        """Read optional minutes first in ``text``: (minutes, or None for
+        until lifted; the rest); None after telling the member what is
+        wrong with them."""
         word, rest = (text.split(None, 1) + ["", ""])[:2]
         if not (word.isascii() and word.isdecimal()):
             return None, text  # no minutes: until lifted
@@ -450,7 +447,7 @@ class Commands:
         if not 1 <= minutes <= config.MAX_SANCTION_MINUTES:
             self._refuse(member, protocol.format_error(
                 f"minutes must be 1 to {config.MAX_SANCTION_MINUTES}"))
-            return False, ""
+            return None
         return minutes, rest.strip()
 
     def _throw_out(self, target: Member, why: str, told: str,
@@ -462,9 +459,7 @@ class Commands:
         self._remove(target)
         target.state = GONE
         target.link.close()
-        self._send_events()  # what is batched happened first
-        self._broadcast(everyone)
-        self._record(everyone)
+        self._tell_everyone(everyone, history=True)
 
     def _log_sanction(self, admin: Member, what: str, target: Member,
                       reason: str) -> None:

@@ -280,6 +280,15 @@ class Room(Commands):
                 self._touched.add(member.link)
         return sent
 
+    def _tell_everyone(self, text: str, exclude: Optional[Member] = None,
+                       history: bool = False) -> None:
+        """A notice for the whole room, now, after the announcements still
+        batched (they happened first), and into the transcript (and, with
+        ``history``, the history)."""
+        self._send_events()
+        self._broadcast(text, exclude)
+        self._record(text, history)
+
     def _record(self, text: str, history: bool = True) -> None:
         """Keep a public line in the transcript and, with ``history``, in
         the history. Joins and departures stay out of the history: in a
