@@ -826,9 +826,10 @@ def is_private(command: Optional[protocol.Command],
 def note_ignore(command: protocol.Command, state: ChatState) -> None:
     """Keep our own list of whom we ignore, as typed (see
     :attr:`ChatState.ignoring`)."""
-    nick = (command.text or command.target).split(" ", 1)[0]
-    if not nick:
-        return  # "-ignore" alone lists them
+    words = (command.text or command.target).split()
+    if len(words) != 1 or command.text and command.target:
+        return  # "-ignore" alone lists them; more words, the server refuses
+    nick = words[0]
     if command.name == "ignore":
         state.ignoring[fold(nick)] = nick
     else:

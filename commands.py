@@ -70,8 +70,8 @@ class Commands:
         if target is None:
             return
         if command.text:
-            self._spoke(member)
             self._tell(member, target, command.text)
+            self._spoke(member)
         else:
             member.partner = target
             self._send(member, protocol.format_partner(target.nick))
@@ -80,9 +80,9 @@ class Commands:
         if command.text:
             if self._muted(member):
                 return
-            self._spoke(member)
             self._say_to_all(member, protocol.format_message(
                 member.nick, command.text))
+            self._spoke(member)
         else:
             member.partner = None
             self._send(member, protocol.format_everyone())
@@ -382,7 +382,6 @@ class Commands:
         else to all."""
         if self._muted(member):
             return
-        self._spoke(member)
         partner = member.partner
         if partner is None:
             self._say_to_all(member, protocol.format_action(
@@ -395,6 +394,7 @@ class Commands:
                 else protocol.format_partner_gone(partner.nick))
         else:
             self._tell(member, partner, text, action)
+        self._spoke(member)
 
     def _say_to_all(self, member: Member, line: str) -> None:
         if self._broadcast(line, exclude=member, sender=member):
@@ -420,7 +420,9 @@ class Commands:
                                                        target.away))
 
     def _spoke(self, member: Member) -> None:
-        """The member said something: not idle, and not away any more."""
+        """The member said something: not idle, and not away any more
+        (said after the line's own answers, so that the copy of a private
+        line comes first and can stand in for the typed line)."""
         member.spoke_at = self._clock()
         if member.away:
             member.away = ""
