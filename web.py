@@ -8,7 +8,7 @@ history and resume), with two things swapped:
 * :class:`WebDecoder` reads WebSocket frames instead of lines: each text
   message is one line for the room; it answers pings and close frames
   itself, and closes with the right code on anything the chat does not
-  take (see ``websocket.py``).
+  take (see ``wscodec.py``).
 * :class:`WebOutbox` sends each line the room queues as one text frame
   (then TLS encrypts it, with ``--tls-cert``), and ends with a close frame.
 
@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Set, \
 
 import config
 import protocol
-import websocket
+import wscodec
 from members import Address, format_address
 from outbox import Outbox
 from protocol import Frame
@@ -55,6 +55,7 @@ FILES: Dict[str, Tuple[str, str]] = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/chat.js": ("chat.js", "text/javascript; charset=utf-8"),
     "/chat.css": ("chat.css", "text/css; charset=utf-8"),
+    "/favicon.svg": ("favicon.svg", "image/svg+xml"),
 }
 #: Made from the command table (protocol.COMMANDS), for Tab completion.
 COMMANDS_PATH = "/commands.json"
@@ -86,9 +87,9 @@ class WebOutbox(Outbox):
         lines = data.split(b"\n")
         if lines[-1] == b"":
             lines.pop()  # the room's lines end in \n: nothing after it
-        frames = b"".join(websocket.text_frame(line) for line in lines)
+        frames = b"".join(wscodec.text_frame(line) for line in lines)
         if last:
-            frames += websocket.close_frame(websocket.NORMAL)
+            frames += wscodec.close_frame(wscodec.NORMAL)
         super().put(frames, last)
 
     def put_frame(self, frame: bytes, last: bool = False) -> None:
@@ -98,7 +99,7 @@ class WebOutbox(Outbox):
         self.flush()
 
     def close(self) -> None:
-        self.put_frame(websocket.close_frame(websocket.NORMAL), last=True)
+        self.put_frame(wscodec.close_frame(wscodec.NORMAL), last=True)
         super().close()
 
 
@@ -118,7 +119,7 @@ class WebDecoder:
                  outbox: WebOutbox) -> None:
         self.tls = tls
         self.outbox = outbox
-        self.messages = websocket.MessageDecoder(max_line)
+        self.messages = wscodec.MessageDecoder(max_line)
         self.ended = False
         self.pending = b""  # plain bytes that came with the HTTP request
         #: When the browser last sent anything, and when it was last
@@ -138,24 +139,24 @@ class WebDecoder:
         self.heard = time.monotonic()
         try:
             events = self.messages.feed(data)
-        except websocket.WebSocketError as error:
+        except wscodec.WebSocketError as error:
             self.outbox.put_frame(
-                websocket.close_frame(error.code, str(error)), last=True)
+                wscodec.close_frame(error.code, str(error)), last=True)
             raise protocol.FramingError(
                 f"WebSocket {error.code}: {error}") from None
         frames: List[Frame] = []
         for event in events:
-            if event.opcode == websocket.TEXT:
+            if event.opcode == wscodec.TEXT:
                 frames.append(event.data)
-            elif event.opcode == websocket.PING:
+            elif event.opcode == wscodec.PING:
                 self.outbox.put_frame(
-                    websocket.encode_frame(websocket.PONG, event.data))
-            elif event.opcode == websocket.CLOSE:
+                    wscodec.encode_frame(wscodec.PONG, event.data))
+            elif event.opcode == wscodec.CLOSE:
                 # Answer with the same code (RFC 6455 section 5.5.1): the
                 # browser closed, as a terminal user closing the socket.
-                code = (websocket.NORMAL if event.code == websocket.NO_STATUS
+                code = (wscodec.NORMAL if event.code == wscodec.NO_STATUS
                         else event.code)
-                self.outbox.put_frame(websocket.close_frame(code),
+                self.outbox.put_frame(wscodec.close_frame(code),
                                       last=True)
                 self.ended = True
         return frames
@@ -374,7 +375,7 @@ class WebSession:
             raise BadRequest(426, "WebSocket version 13 only",
                              (("Sec-WebSocket-Version", "13"),))
         key = headers.get("sec-websocket-key", "").strip()
-        if not websocket.valid_key(key):
+        if not wscodec.valid_key(key):
             raise BadRequest(400, "bad Sec-WebSocket-Key")
         if not origin_allowed(headers.get("origin"),
                               headers.get("host", ""),
@@ -386,7 +387,7 @@ class WebSession:
         self._send(
             "HTTP/1.1 101 Switching Protocols\r\n"
             "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Accept: {websocket.accept_key(key)}\r\n\r\n"
+            f"Sec-WebSocket-Accept: {wscodec.accept_key(key)}\r\n\r\n"
             .encode("latin-1"), deadline)
 
     def _respond(self, status: int, body: bytes,
@@ -559,7 +560,7 @@ class WebServer(socketserver.ThreadingTCPServer):
                 elif now - decoder.heard >= self.ping_interval:
                     decoder.pinged = now
                     session.outbox.put_frame(  # type: ignore[attr-defined]
-                        websocket.encode_frame(websocket.PING))
+                        wscodec.encode_frame(wscodec.PING))
 
 
 #: How often the web accept loop checks whether it should stop.

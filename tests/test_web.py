@@ -20,7 +20,7 @@ from websockets.sync.client import connect
 
 import config
 import protocol
-import websocket as ws
+import wscodec as ws
 from helpers import CERT, DEADLINE, KEY, LineClient, marker, wait_until
 from server import ChatServer, ServerConfig
 

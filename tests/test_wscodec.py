@@ -1,4 +1,4 @@
-"""websocket.py, the frame codec, with no sockets: frames made and read
+"""wscodec.py, the WebSocket frame codec, with no sockets: frames made and read
 back, fragmentation, masking, every way to be closed, and hypothesis on
 arbitrary bytes (only WebSocketError, and memory bounded by the limit)."""
 
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import websocket as ws
-from websocket import Event, MessageDecoder, WebSocketError
+import wscodec as ws
+from wscodec import Event, MessageDecoder, WebSocketError
 
 LIMIT = 100
 
