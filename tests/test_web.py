@@ -6,10 +6,12 @@ well-behaved client sends."""
 from __future__ import annotations
 
 import http.client
+import random
 import logging
 import socket
 import ssl
 import struct
+import threading
 import time
 from typing import Dict, List, Optional, Tuple
 
@@ -486,3 +488,79 @@ def test_a_taken_web_port_is_a_warning_and_the_chat_runs(
     assert any("web page: cannot serve" in record.getMessage()
                for record in caplog.records)
     clients(server, "alice")
+
+
+# --- Random input ------------------------------------------------------------
+
+
+def random_frames(rng: random.Random) -> bytes:
+    """Frames a broken or hostile client might send: mostly valid ones
+    (lines, fragments, pings, pongs), now and then an invalid frame or
+    plain garbage, after which the server must close."""
+    out = []
+    for _ in range(rng.randrange(1, 12)):
+        kind = rng.random()
+        payload = bytes(rng.randrange(256)
+                        for _ in range(rng.choice([0, 3, 50, 200])))
+        if kind < 0.45:
+            text = rng.choice(["hi", "-users", "-to x y", "", "-exit",
+                               "ж" * 30, "-history 5"]).encode()
+            out.append(ws.client_frame(ws.TEXT, text, rng.random() < 0.9))
+        elif kind < 0.8:
+            out.append(ws.client_frame(rng.choice([ws.PING, ws.PONG]),
+                                       payload[:125]))
+        elif kind < 0.9:
+            opcode = rng.choice([0, 1, 2, 3, 8, 9, 10, 11, 15])
+            out.append(ws.client_frame(opcode, payload[:130],
+                                       rng.random() < 0.7))
+        else:
+            out.append(payload)
+    return b"".join(out)
+
+
+def test_random_requests_and_frames_leave_the_server_standing(
+        make_server, web_users, clients, caplog, monkeypatch):
+    thread_errors: List[str] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: thread_errors
+                        .append(f"{args.exc_type.__name__}: {args.exc_value}"))
+    server = make_server(web_port=0, register_timeout=2)
+    rng = random.Random(1655)
+    answered = 0  # bytes the server sent back, to see that it ran
+    for attempt in range(60):
+        if attempt % 2:
+            raw = RawWeb.upgraded(server)
+            if rng.random() < 0.5:
+                raw.send(ws.TEXT, b"fz%d" % attempt)
+            data = random_frames(rng)
+        else:
+            raw = socket.create_connection(web_address(server),
+                                           timeout=DEADLINE)
+            data = rng.choice([b"GET / HTTP/1.1\r\n", b"", b"\r\n\r\n",
+                               b"GET /chat HTTP/1.1\r\nHost: x\r\n"]) \
+                + bytes(rng.randrange(256) for _ in range(300)) \
+                + rng.choice([b"\r\n\r\n", b""])
+        sock = raw.sock if isinstance(raw, RawWeb) else raw
+        try:
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+            while True:  # the server answers, then closes
+                answer = sock.recv(65536)
+                if not answer:
+                    break
+                answered += len(answer)
+        except OSError:
+            pass  # reset by the server: fine
+        finally:
+            sock.close()
+    assert answered > 60 * 100, answered
+    wait_until(lambda: len(server.room) == 0 and server.connection_count == 0,
+               what="no ghost nickname or connection")
+    bob = clients(server, "bob")
+    alice = web_users(server, "alice")
+    bob.expect(protocol.format_joined("alice"))
+    alice.send("still standing")
+    bob.expect(protocol.format_message("alice", "still standing"))
+    errors = [f"{r.levelname} {r.getMessage()}" for r in caplog.records
+              if r.levelno >= 40 or r.exc_info]
+    assert not errors, errors[:5]
+    assert not thread_errors, thread_errors[:5]

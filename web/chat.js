@@ -48,6 +48,7 @@
     // it on joining); kept for this tab only, never shown.
     token: sessionStorage.getItem("chat.token") || "",
     answers: [],        // what to say at the next nickname prompts
+    lastError: "",      // the last error line, for the nickname prompt
     joined: false,
     over: false,        // the chat ended on purpose: do not reconnect
     partner: "",        // "" = everyone
@@ -130,11 +131,15 @@
       if (state.answers.length) {
         send(state.answers.shift());
       } else {
+        // Asked again, with nothing left to say (after reconnecting, the
+        // nickname is taken now): the user chooses; say why.
+        if (state.joined) joinStatus(state.lastError);
         state.joined = false;
         showJoin();
       }
       return;
     }
+    if (line.startsWith(ERROR)) state.lastError = line.slice(ERROR.length);
     const token = line.match(TOKEN);
     if (token) {
       state.token = token[1];
