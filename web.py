@@ -73,6 +73,27 @@ _REASONS = {101: "Switching Protocols", 200: "OK", 400: "Bad Request",
 # --- The WebSocket session ---------------------------------------------------
 
 
+# The room encodes a public line once and puts the same bytes object to
+# every recipient: framing it once too keeps a broadcast to many browsers
+# from framing the same line again for each (the last one is kept).
+_last_framed: Tuple[bytes, bytes] = (b"", b"")
+
+
+def frame_lines(data: bytes) -> bytes:
+    """Lines as the room queues them (each ending in ``\\n``) -> one text
+    frame each, without the ``\\n``."""
+    global _last_framed
+    last = _last_framed  # one read: another thread may replace it
+    if last[0] is data:
+        return last[1]
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()  # the room's lines end in \n: nothing after it
+    framed = b"".join(wscodec.text_frame(line) for line in lines)
+    _last_framed = (data, framed)
+    return framed
+
+
 class WebOutbox(Outbox):
     """An outbox whose lines leave as text frames, one a line.
 
@@ -84,10 +105,7 @@ class WebOutbox(Outbox):
     """
 
     def put(self, data: bytes, last: bool = False) -> None:
-        lines = data.split(b"\n")
-        if lines[-1] == b"":
-            lines.pop()  # the room's lines end in \n: nothing after it
-        frames = b"".join(wscodec.text_frame(line) for line in lines)
+        frames = frame_lines(data)
         if last:
             frames += wscodec.close_frame(wscodec.NORMAL)
         super().put(frames, last)

@@ -55,7 +55,7 @@ class WebUser:
         self.conn = connect(chat_url(server, "wss" if scheme == "https"
                                      else "ws"),
                             origin=origin, open_timeout=DEADLINE,
-                            close_timeout=2, **options)
+                            close_timeout=2, max_queue=None, **options)
         # As the context manager would; the fixture or the test closes it.
         self.conn.__enter__()
         self.nick = ""
