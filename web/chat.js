@@ -25,6 +25,7 @@
   const LOST = /^\* (\S+) lost connection$/;
   const BACK = /^\* (\S+) is back$/;
   const RESUME_REFUSED = "! cannot resume";
+  const COMMANDS_HINT = "* Commands: ";
   // Lines after which the chat is over on purpose: no reconnecting.
   const THE_END = ["* Server is shutting down", "! you were kicked by",
                    "! your seat was taken over", "* Goodbye, ",
@@ -49,6 +50,7 @@
     token: sessionStorage.getItem("chat.token") || "",
     answers: [],        // what to say at the next nickname prompts
     lastError: "",      // the last error line, for the nickname prompt
+    hintShown: false,   // the commands hint, shown once per page
     joined: false,
     over: false,        // the chat ended on purpose: do not reconnect
     partner: "",        // "" = everyone
@@ -158,6 +160,10 @@
       }
       if (!$("chat-view").hidden) show(line);
       return;
+    }
+    if (line.startsWith(COMMANDS_HINT)) {
+      if (state.hintShown) return;  // once, not again after each reconnect
+      state.hintShown = true;
     }
     if (THE_END.some((start) => line.startsWith(start))) {
       state.over = true;
