@@ -226,11 +226,15 @@ class ChatHandler(socketserver.BaseRequestHandler):
             log.info("%s: TLS handshake failed: %s", name, error)
             # Most likely a plain-text client: tell it in plain text.
             try:
-                self.sock.send(protocol.encode_line(
-                    protocol.format_tls_required()), _DONTWAIT)
+                self.sock.send(self.tls_refusal(), _DONTWAIT)
             except OSError:
                 pass
             return False
+
+    def tls_refusal(self) -> bytes:
+        """What a plain-text client of a TLS port is told, in plain text
+        (the web handler says it in HTTP)."""
+        return protocol.encode_line(protocol.format_tls_required())
 
     def bursts(self) -> Iterator[List[Frame]]:
         """Framed lines from the socket, a ``recv`` at a time, until the

@@ -337,6 +337,15 @@ class WebSession:
             log.info("%s: HTTP request failed: %s", name, error)
         return False
 
+    def tls_refusal(self) -> bytes:
+        """http:// typed for an https:// page: say so, in HTTP."""
+        body = b"This chat uses HTTPS: open https:// instead of http://\n"
+        return (b"HTTP/1.1 400 Bad Request\r\n"
+                b"Content-Type: text/plain; charset=utf-8\r\n"
+                b"Content-Length: %d\r\n"
+                b"X-Content-Type-Options: nosniff\r\n"
+                b"Connection: close\r\n\r\n" % len(body)) + body
+
     def finish(self) -> None:
         if self.upgraded:
             self.server.forget(self)

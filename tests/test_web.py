@@ -564,3 +564,10 @@ def test_random_requests_and_frames_leave_the_server_standing(
               if r.levelno >= 40 or r.exc_info]
     assert not errors, errors[:5]
     assert not thread_errors, thread_errors[:5]
+
+
+def test_http_on_the_https_port_is_told_in_http(make_server):
+    server = make_server(web_port=0, tls_cert=CERT, tls_key=KEY)
+    response = http_get(server, "/")
+    assert response.status == 400
+    assert b"https://" in response.body
