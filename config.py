@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, List, NoReturn, Optional
+from typing import Any, Callable, List, NoReturn, Optional
 
 import protocol
 
@@ -66,15 +66,41 @@ MAX_IGNORED = 100
 DEFAULT_AWAY_REASON = "away"
 #: Environment variable that may hold the admin password.
 PASSWORD_ENV = "CHAT_ADMIN_PASSWORD"
+#: The web front-end's HTTP port (``--web-port``).
+DEFAULT_WEB_PORT = 4322
+#: What ``--web-port`` takes to turn the web front-end off.
+WEB_PORT_OFF = "off"
+#: Bytes of an HTTP request line and its headers, together.
+WEB_MAX_HEAD_BYTES = 8 * 1024
+#: Seconds a browser has to send its whole HTTP request (and to take the
+#: answer, for the page and its files).
+WEB_REQUEST_SECONDS = 10.0
+#: Seconds a browser may be silent before the server pings it...
+WEB_PING_INTERVAL = 30.0
+#: ...and then has to answer, or its connection is dropped.
+WEB_PONG_SECONDS = 30.0
 
 
 def _option(default: Any, help: str, metavar: Optional[str] = None,
-            minimum: Optional[float] = None, above: bool = False) -> Any:
+            minimum: Optional[float] = None, above: bool = False,
+            parse: Optional[Callable[[str], Any]] = None) -> Any:
     """A config field that is also a command-line option: its default, its
-    help, and the least value it takes (``above``: strictly more)."""
+    help, and the least value it takes (``above``: strictly more);
+    ``parse`` reads the option's text (by default, the default's type)."""
     return field(default=default, metadata={
         "help": help, "metavar": metavar, "minimum": minimum,
-        "above": above})
+        "above": above, "parse": parse})
+
+
+def web_port_value(text: str) -> Optional[int]:
+    """``--web-port``: a port number, or ``off`` (None)."""
+    if text.strip().lower() == WEB_PORT_OFF:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"a port number, or {WEB_PORT_OFF}") from None
 
 
 @dataclass(frozen=True)
@@ -149,13 +175,23 @@ class ServerConfig:
         metavar="FILE")
     tls_key: str = _option(
         "", "private key (PEM) for --tls-cert", metavar="FILE")
+    web_port: Optional[int] = _option(
+        DEFAULT_WEB_PORT,
+        "HTTP port of the web page (browsers join the same chat there);"
+        f" '{WEB_PORT_OFF}' turns it off; with --port 0 it is picked"
+        " freely too (default %(default)s)", metavar="PORT", minimum=0,
+        parse=web_port_value)
+    web_origin: str = _option(
+        "", "web pages allowed to open chat connections besides the"
+            " server's own: origins such as https://school.example,"
+            " comma-separated, or '*' for any", metavar="ORIGINS")
 
     def __post_init__(self) -> None:
         for item in dataclasses.fields(self):
             minimum = item.metadata["minimum"]
-            if minimum is None:
-                continue
             value = getattr(self, item.name)
+            if minimum is None or value is None:
+                continue
             if item.metadata["above"] and not value > minimum:
                 raise ValueError(
                     f"{option_name(item.name)} must be more than {minimum}")
@@ -164,6 +200,10 @@ class ServerConfig:
                     f"{option_name(item.name)} must be at least {minimum}")
         if self.port > 65535:
             raise ValueError("--port must be at most 65535")
+        if self.web_port is not None and self.web_port > 65535:
+            raise ValueError("--web-port must be at most 65535")
+        if self.web_port and self.web_port == self.port:
+            raise ValueError("--web-port must differ from --port")
         if self.history > self.history_keep:
             raise ValueError("--history cannot be more than --history-keep")
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -191,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
                     " with 'nc HOST PORT'.")
     for item in dataclasses.fields(ServerConfig):
         parser.add_argument(
-            option_name(item.name), type=type(item.default),
+            option_name(item.name),
+            type=item.metadata["parse"] or type(item.default),
             default=item.default, metavar=item.metadata["metavar"],
             help=item.metadata["help"])
     parser.add_argument(

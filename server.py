@@ -37,6 +37,7 @@ from typing import Deque, Iterator, List, Optional, Sequence, Tuple
 import config
 import protocol
 import transport
+import web
 from config import ServerConfig
 from outbox import Outbox
 from protocol import Frame
@@ -173,6 +174,8 @@ class ChatHandler(socketserver.BaseRequestHandler):
         room = self.server.room
         if self.tls is not None and not self.handshake():
             return
+        if not self.begin():
+            return
         member = room.connect(self.outbox, self.client_address)
         if member is None:
             return  # the server is stopping
@@ -205,6 +208,12 @@ class ChatHandler(socketserver.BaseRequestHandler):
         # lines (goodbye, errors, the shutdown notice) leave first.
         self.outbox.wait_drained(config.CLOSE_GRACE_SECONDS)
 
+    def begin(self) -> bool:
+        """Whatever comes before the chat on this kind of connection;
+        False if the connection is over. Nothing on the TCP port; the web
+        handler answers an HTTP request here (web.WebSession)."""
+        return True
+
     def handshake(self) -> bool:
         """The TLS handshake, here in the connection's own thread so that a
         slow or broken one holds up nobody else."""
@@ -217,11 +226,15 @@ class ChatHandler(socketserver.BaseRequestHandler):
             log.info("%s: TLS handshake failed: %s", name, error)
             # Most likely a plain-text client: tell it in plain text.
             try:
-                self.sock.send(protocol.encode_line(
-                    protocol.format_tls_required()), _DONTWAIT)
+                self.sock.send(self.tls_refusal(), _DONTWAIT)
             except OSError:
                 pass
             return False
+
+    def tls_refusal(self) -> bytes:
+        """What a plain-text client of a TLS port is told, in plain text
+        (the web handler says it in HTTP)."""
+        return protocol.encode_line(protocol.format_tls_required())
 
     def bursts(self) -> Iterator[List[Frame]]:
         """Framed lines from the socket, a ``recv`` at a time, until the
@@ -262,6 +275,11 @@ class ChatHandler(socketserver.BaseRequestHandler):
                     start = index
                 time.sleep(pause)
         return self.server.room.receive(member, frames[start:], self.outbox)
+
+
+class WebHandler(web.WebSession, ChatHandler):
+    """A browser's connection: an HTTP request, then (after the WebSocket
+    upgrade) the same chat session as on the TCP port; see web.py."""
 
 
 class ChatServer(socketserver.ThreadingTCPServer):
@@ -315,6 +333,9 @@ class ChatServer(socketserver.ThreadingTCPServer):
                 self.transcript.close()
             raise
         self.housekeeper.start()
+        # The web page and its WebSocket endpoint, on a port of their own
+        # (None if off, or if that port cannot be had: logged).
+        self.web = web.open_web(self, WebHandler)
 
     def server_bind(self) -> None:
         if self.address_family == socket.AF_INET6 and \
@@ -347,6 +368,8 @@ class ChatServer(socketserver.ThreadingTCPServer):
                       poll_interval: float = ACCEPT_POLL_SECONDS) -> None:
         """Accept connections until :meth:`stop`."""
         self._serving = True
+        if self.web is not None:
+            self.web.start()
         super().serve_forever(poll_interval)
 
     def start(self) -> None:
@@ -359,6 +382,8 @@ class ChatServer(socketserver.ThreadingTCPServer):
     def log_listening(self) -> None:
         log.info("listening on %s%s", format_address(self.server_address),
                  " (TLS)" if self.tls_context else "")
+        if self.web is not None:
+            log.info("%s", self.web.describe())
 
     def stop(self, reason: str = "") -> None:
         """Stop accepting, give every user the shutdown notice after what
@@ -377,6 +402,8 @@ class ChatServer(socketserver.ThreadingTCPServer):
         if self._serving:
             self.shutdown()  # returns once serve_forever has stopped
         self.server_close()
+        if self.web is not None:
+            self.web.stop()
         self.housekeeper.stop()
         members = self.room.shut_down(reason)
         for member in members:

@@ -16,8 +16,9 @@ from server import ChatServer, ServerConfig
 @pytest.fixture
 def make_server() -> Iterator[Callable[..., ChatServer]]:
     """Start servers with ServerConfig fields as keywords; stop them after.
-    Flood control, history and seats kept for dropped users are off unless
-    a test asks for them, so that each test sees only what it is about."""
+    Flood control, history, seats kept for dropped users and the web
+    front-end are off unless a test asks for them, so that each test sees
+    only what it is about (``web_port=0``: the web page on a free port)."""
     servers: List[ChatServer] = []
 
     def make(**fields) -> ChatServer:
@@ -26,6 +27,7 @@ def make_server() -> Iterator[Callable[..., ChatServer]]:
         fields.setdefault("rate_limit", 0)
         fields.setdefault("history", 0)
         fields.setdefault("resume_grace", 0)
+        fields.setdefault("web_port", None)
         server = ChatServer(ServerConfig(**fields))
         server.start()
         servers.append(server)
