@@ -16,6 +16,7 @@ import logging
 from typing import Optional
 
 import config
+import guard
 import protocol
 from members import DETACHED, GONE, ONLINE, Member
 from protocol import Command
@@ -118,17 +119,26 @@ class Commands:
         if member.admin_tries >= config.ADMIN_MAX_TRIES:
             self._refuse(member, protocol.format_admin_locked())
             return
+        host = guard.host_of(member.address)
+        # An address that guessed wrong too often waits; its try is not
+        # even looked at, so guessing from many connections gains nothing.
+        wait = self.guard.admin_wait(host)
+        if wait > 0:
+            self._refuse(member, protocol.format_admin_wait(wait))
+            return
         if self.check_password(command.target):
             member.is_admin = True
+            self.guard.admin_succeeded(host)
             log.info("%s (%s) is now an admin", member.nick, member.name)
             self._send(member, protocol.format_admin_granted())
             return
         member.admin_tries += 1
+        wait = self.guard.admin_failed(host)
         log.warning("%s (%s): wrong admin password, try %d of %d",
                     member.nick, member.name, member.admin_tries,
                     config.ADMIN_MAX_TRIES)
         self._send(member, protocol.format_admin_refused(
-            config.ADMIN_MAX_TRIES - member.admin_tries))
+            config.ADMIN_MAX_TRIES - member.admin_tries, wait))
 
     def do_kick(self, member: Member, command: Command) -> None:
         target = self._find_other(member, command.target)
@@ -138,6 +148,10 @@ class Commands:
         log.info("%s (%s) kicked %s (%s)%s", member.nick, member.name,
                  target.nick, target.name, f": {reason}" if reason else "")
         target.close_reason = f"kicked by {member.nick}"
+        # A kick that lets the user straight back in is no kick.
+        self.guard.ban(guard.host_of(target.address),
+                       self.settings.kick_ban_minutes, target.nick,
+                       reason or f"kicked by {member.nick}")
         self._send(target, protocol.format_you_were_kicked(member.nick,
                                                            reason),
                    last=True)

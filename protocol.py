@@ -548,12 +548,32 @@ def format_admin_granted() -> str:
     return format_notice("You are now an admin.")
 
 
-def format_admin_refused(tries_left: int) -> str:
+def format_admin_refused(tries_left: int, wait: float = 0.0) -> str:
+    """A wrong password; ``wait``: seconds before the address may try
+    again."""
+    later = f"; your address may try again in {_seconds(wait)}" \
+        if wait > 0 else ""
     if tries_left <= 0:
         return format_error(
-            "wrong admin password; no more tries on this connection")
+            f"wrong admin password; no more tries on this connection{later}")
     tries = "1 try" if tries_left == 1 else f"{tries_left} tries"
-    return format_error(f"wrong admin password ({tries} left)")
+    return format_error(f"wrong admin password ({tries} left){later}")
+
+
+def format_admin_wait(wait: float) -> str:
+    """Too many wrong passwords from this address: not even checked."""
+    return format_error("too many wrong admin passwords from your address;"
+                        f" try again in {_seconds(wait)}")
+
+
+def _seconds(wait: float) -> str:
+    whole = max(1, int(wait + 0.999))
+    return f"{whole} s" if whole < 120 else f"{(whole + 59) // 60} min"
+
+
+def format_refused(reason: str) -> str:
+    """The one line a connection the server will not take gets."""
+    return format_error(f"connection refused: {reason}")
 
 
 def format_admin_locked() -> str:

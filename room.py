@@ -48,6 +48,7 @@ from typing import (Callable, Deque, Dict, Iterator, List, Optional, Sequence,
                     Set, Tuple)
 
 import config
+import guard
 import memory
 import protocol
 from commands import Commands
@@ -82,6 +83,9 @@ class Room(Commands):
         self._clock = clock
         self._wall_clock = wall_clock
         self._password = settings.admin_password.encode(protocol.ENCODING)
+        #: What each address may do (connections, floods, passwords, bans);
+        #: the front-end asks it before a connection reaches the room.
+        self.guard = guard.Guard(settings, clock)
         self._lock = threading.Lock()
         self._members: Set[Member] = set()      # every connection's member
         self._nicks: Dict[Address, str] = {}    # the registry
@@ -185,6 +189,7 @@ class Room(Commands):
         """Give up the seats kept too long, and send the batched
         announcements (the front-end calls this every
         ``config.ANNOUNCE_INTERVAL`` seconds)."""
+        self.guard.tidy()
         with self._locked():
             now = self._clock()
             while self._detached and self._detached[0][0] <= now:

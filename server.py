@@ -4,7 +4,8 @@ Run ``python3 server.py --help`` for the options (they are the fields of
 ``config.ServerConfig``). The server is a ``socketserver.ThreadingTCPServer``:
 each connection gets a thread (:class:`ChatHandler`) that does the TLS
 handshake if there is one, reads lines and hands them to the room, pacing
-its reading for flood control. What the room sends to a connection goes
+its reading for flood control (``guard.py`` keeps what each address may
+do). What the room sends to a connection goes
 through the connection's ``outbox.Outbox``, so a user who stops reading
 never blocks the others. The rules of the chat (nicknames, commands, who
 hears what) are all in the room; sockets and TLS in ``transport.py``.
@@ -20,6 +21,8 @@ In-process use (tests)::
 from __future__ import annotations
 
 import dataclasses
+import heapq
+import itertools
 import logging
 import os
 import re
@@ -31,10 +34,10 @@ import ssl
 import sys
 import threading
 import time
-from collections import deque
-from typing import Deque, Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import config
+import guard
 import protocol
 import transport
 from config import ServerConfig
@@ -59,39 +62,14 @@ ACCEPT_POLL_SECONDS = 0.05
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 
-class TokenBucket:
-    """Flood control: ``rate`` lines a second on average, ``burst`` at once.
-
-    :meth:`delay` says how long to wait before the next line may be read;
-    the reader sleeps that long without reading, so TCP slows the sender
-    down and nothing is dropped. A rate of 0 turns the bucket off.
-    """
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.burst = max(1, burst)
-        self._tokens = float(self.burst)
-        self._stamp = time.monotonic()
-
-    def delay(self) -> float:
-        """Take a token; return the seconds to wait before using it."""
-        if self.rate <= 0:
-            return 0.0
-        now = time.monotonic()
-        self._tokens = min(self.burst,
-                           self._tokens + (now - self._stamp) * self.rate)
-        self._stamp = now
-        self._tokens -= 1
-        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
-
-
 class Housekeeper:
     """One thread for the server's timed chores: it tells the room when a
     member's time to choose a nickname is up, and ticks the room's batched
     announcements every ``config.ANNOUNCE_INTERVAL``.
 
-    Every connection gets the same time to register, so deadlines come in
-    the order connections do: they wait in a queue, front first. (A socket
+    Every connection gets the same time to register, counted from when it
+    was accepted (a TLS handshake spends it too); handshakes end in any
+    order, so the deadlines wait in a heap, soonest first. (A socket
     timeout would also do, but while one is set, every send on that socket
     first waits until the socket is writable, and the outbox's sends must
     never wait.)
@@ -100,7 +78,8 @@ class Housekeeper:
     def __init__(self, room: Room, register_timeout: float) -> None:
         self._room = room
         self._timeout = register_timeout
-        self._queue: Deque[Tuple[float, Member]] = deque()
+        self._queue: List[Tuple[float, int, Member]] = []
+        self._count = itertools.count()  # ties go in arrival order
         self._wake = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._loop,
@@ -109,11 +88,15 @@ class Housekeeper:
     def start(self) -> None:
         self._thread.start()
 
-    def watch(self, member: Member) -> None:
-        """Start ``member``'s time to register."""
+    def watch(self, member: Member,
+              since: Optional[float] = None) -> None:
+        """Give ``member`` until ``since`` (a ``time.monotonic()``, by
+        default now) plus the registration time to choose a nickname."""
+        start = time.monotonic() if since is None else since
+        entry = (start + self._timeout, next(self._count), member)
         with self._wake:
-            self._queue.append((time.monotonic() + self._timeout, member))
-            if len(self._queue) == 1:
+            heapq.heappush(self._queue, entry)
+            if self._queue[0] is entry:
                 self._wake.notify()
 
     def stop(self) -> None:
@@ -130,7 +113,7 @@ class Housekeeper:
                     return
                 now = time.monotonic()
                 while self._queue and self._queue[0][0] <= now:
-                    due.append(self._queue.popleft()[1])
+                    due.append(heapq.heappop(self._queue)[2])
                 wake_at = next_tick
                 if self._queue:
                     wake_at = min(wake_at, self._queue[0][0])
@@ -156,6 +139,9 @@ class ChatHandler(socketserver.BaseRequestHandler):
 
     def setup(self) -> None:
         settings = self.server.config
+        # One deadline from here covers the TLS handshake and choosing a
+        # nickname: a byte now and then cannot stretch either.
+        self.accepted = time.monotonic()
         self.sock: socket.socket = self.request
         transport.configure_socket(self.sock)
         context = self.server.tls_context
@@ -165,7 +151,10 @@ class ChatHandler(socketserver.BaseRequestHandler):
                              self.tls.encrypt if self.tls else None,
                              grace=config.CLOSE_GRACE_SECONDS)
         self.decoder = transport.LineDecoder(self.tls, settings.max_line)
-        self.bucket = TokenBucket(settings.rate_limit, settings.rate_burst)
+        # Shared by every connection from the address: ten connections
+        # flood no faster than one.
+        self.bucket = self.server.room.guard.bucket(
+            guard.host_of(self.client_address))
         self.read_error = ""
         self.cut = False  # the server ended the connection, not the network
 
@@ -176,7 +165,7 @@ class ChatHandler(socketserver.BaseRequestHandler):
         member = room.connect(self.outbox, self.client_address)
         if member is None:
             return  # the server is stopping
-        self.server.housekeeper.watch(member)
+        self.server.housekeeper.watch(member, self.accepted)
         farewell = ""
         try:
             for frames in self.bursts():
@@ -210,8 +199,10 @@ class ChatHandler(socketserver.BaseRequestHandler):
         slow or broken one holds up nobody else."""
         name = format_address(self.client_address)
         try:
-            transport.handshake(self.sock, self.tls,
-                                config.TLS_HANDSHAKE_SECONDS)
+            transport.handshake(self.sock, self.tls, min(
+                config.TLS_HANDSHAKE_SECONDS,
+                self.accepted + self.server.config.register_timeout
+                - time.monotonic()))
             return True
         except OSError as error:  # ssl.SSLError, timeout, reset, closed
             log.info("%s: TLS handshake failed: %s", name, error)
@@ -419,24 +410,39 @@ class ChatServer(socketserver.ThreadingTCPServer):
         if full:
             log.warning("%s: refused, server full",
                         format_address(client_address))
-            try:
-                request.send(protocol.encode_line(protocol.format_server_full(
-                    self.config.max_clients)), _DONTWAIT)
-            except OSError:
-                pass
-            self.shutdown_request(request)
+            self._refuse(request, protocol.format_server_full(
+                self.config.max_clients))
+            return
+        # Then what this one address may have: a host cannot take every
+        # seat, reconnect in a loop, or come back straight after a kick.
+        host = guard.host_of(client_address)
+        why = self.room.guard.admit(host)
+        if why is not None:
+            self._count_out()
+            log.info("%s: refused: %s", format_address(client_address), why)
+            self._refuse(request, protocol.format_refused(why))
             return
         try:
             super().process_request(request, client_address)
         except BaseException:  # no thread could be started for it
+            self.room.guard.release(host)
             self._count_out()
             raise
+
+    def _refuse(self, request: socket.socket, line: str) -> None:
+        """Send a refused connection its one line, and close it."""
+        try:
+            request.send(protocol.encode_line(line), _DONTWAIT)
+        except OSError:
+            pass
+        self.shutdown_request(request)
 
     def process_request_thread(self, request: socket.socket,
                                client_address: Address) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
+            self.room.guard.release(guard.host_of(client_address))
             self._count_out()
 
     def _count_out(self) -> None:

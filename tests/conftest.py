@@ -16,8 +16,10 @@ from server import ChatServer, ServerConfig
 @pytest.fixture
 def make_server() -> Iterator[Callable[..., ChatServer]]:
     """Start servers with ServerConfig fields as keywords; stop them after.
-    Flood control, history and seats kept for dropped users are off unless
-    a test asks for them, so that each test sees only what it is about."""
+    Flood control, history, seats kept for dropped users and the
+    per-address limits (connections, connects a minute, kick bans) are off
+    unless a test asks for them, so that each test sees only what it is
+    about."""
     servers: List[ChatServer] = []
 
     def make(**fields) -> ChatServer:
@@ -26,6 +28,11 @@ def make_server() -> Iterator[Callable[..., ChatServer]]:
         fields.setdefault("rate_limit", 0)
         fields.setdefault("history", 0)
         fields.setdefault("resume_grace", 0)
+        # Every test connects from 127.0.0.1: per-address limits are off
+        # unless a test is about them.
+        fields.setdefault("max_per_address", 0)
+        fields.setdefault("connects_per_minute", 0)
+        fields.setdefault("kick_ban_minutes", 0)
         server = ChatServer(ServerConfig(**fields))
         server.start()
         servers.append(server)

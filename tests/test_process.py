@@ -19,13 +19,15 @@ from helpers import ADMIN_PASSWORD, DEADLINE, LineClient, ROOT
 
 class ServerProcess:
     """``python3 server.py`` on a free port; its log collected in a thread.
-    History and kept seats are off, as in make_server, unless ``args`` turn
-    them on again."""
+    History, kept seats and per-address limits are off, as in make_server,
+    unless ``args`` turn them on again."""
 
     def __init__(self, *args: str, env=None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, os.path.join(ROOT, "server.py"), "--port", "0",
-             "--history", "0", "--resume-grace", "0", *args],
+             "--history", "0", "--resume-grace", "0",
+             "--max-per-address", "0", "--connects-per-minute", "0",
+             "--kick-ban-minutes", "0", *args],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, env=env)
         self.log = []

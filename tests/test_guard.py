@@ -1,0 +1,210 @@
+"""One host cannot lock everyone out: connections and connects a minute per
+address, one flood budget per address, bans after a kick, a growing wait
+for wrong admin passwords. Over real sockets, the attacker binds to one
+loopback address and ordinary users to others, and keep chatting."""
+
+from __future__ import annotations
+
+from typing import List
+
+import config
+import protocol
+from guard import Guard
+from helpers import ADMIN_PASSWORD, LineClient, marker, wait_until
+from server import ServerConfig
+
+ATTACKER = "127.0.0.3"
+ALICE = "127.0.0.2"
+BOB = "127.0.0.4"
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def refused(client: LineClient) -> str:
+    """The one line a refused connection gets before it is closed."""
+    lines = client.wait_closed()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(protocol.ERROR + "connection refused: "), lines
+    return lines[0]
+
+
+def pair(server, clients) -> List[LineClient]:
+    """Two ordinary users on other addresses."""
+    return [clients(server, "alice", bind=ALICE),
+            clients(server, "bob", bind=BOB)]
+
+
+def test_one_address_cannot_take_every_seat(make_server, clients):
+    """With --max-per-address 3 the fourth connection from one address is
+    refused with one line, while other addresses still get in and chat;
+    when one of the three closes, the address may connect again."""
+    server = make_server(max_per_address=3, max_clients=20)
+    squatters = [clients(server, bind=ATTACKER) for _ in range(2)]
+    squatters.append(clients(server, "squat", bind=ATTACKER))
+    line = refused(clients(server, bind=ATTACKER))
+    assert "too many connections from your address (3)" in line
+    alice, bob = pair(server, clients)
+    marker(alice, bob)
+    squatters[0].close()
+    wait_until(lambda: server.room.guard.connections(ATTACKER) == 2,
+               what="a closed connection to be counted out")
+    clients(server, "again", bind=ATTACKER)
+    alice.expect(protocol.format_joined("again"))
+    marker(bob, alice, "still here")
+
+
+def test_reconnecting_in_a_loop_is_refused(make_server, clients):
+    """--connects-per-minute 3: the fourth new connection within a minute
+    from one address is refused, though the first three are closed; other
+    addresses are not counted with it."""
+    server = make_server(connects_per_minute=3)
+    for _ in range(3):
+        clients(server, bind=ATTACKER).close()
+    line = refused(clients(server, bind=ATTACKER))
+    assert "3 a minute" in line and "try again in" in line
+    alice, bob = pair(server, clients)
+    marker(alice, bob)
+
+
+def test_a_kicked_user_cannot_come_straight_back(make_server, clients):
+    """A kick bans the address for --kick-ban-minutes: the kicked user's
+    next connection is refused, naming the ban; others still join."""
+    server = make_server(kick_ban_minutes=5)
+    alice = clients(server, "alice", bind=ALICE)
+    mallory = clients(server, "mallory", bind=ATTACKER)
+    alice.send(f"-admin {ADMIN_PASSWORD}")
+    alice.expect(protocol.format_admin_granted())
+    alice.send("-kick mallory spam")
+    alice.expect(protocol.format_kicked("mallory", "alice", "spam"))
+    mallory.wait_closed()
+    line = refused(clients(server, bind=ATTACKER))
+    assert "banned from this server for 5 more minutes" in line
+    ban = server.room.guard.banned(ATTACKER)
+    assert ban is not None and ban.nick == "mallory" and \
+        ban.reason == "spam"
+    bob = clients(server, "bob", bind=BOB)
+    alice.expect(protocol.format_joined("bob"))
+    marker(bob, alice)
+
+
+def test_an_address_shares_one_flood_budget(make_server, clients):
+    """Flood control counts all of an address's connections together: a
+    second connection finds the budget the first spent (its line waits),
+    while a user on another address is not slowed at all."""
+    server = make_server(rate_limit=0.01, rate_burst=4)
+    alice, bob = pair(server, clients)
+    first = clients(server, "flood1", bind=ATTACKER)  # 1 token
+    first.send("-all one")                            # 2
+    first.send("-all two")                            # 3
+    for user in (alice, bob):
+        user.expect(protocol.format_message("flood1", "two"))
+    second = clients(server, bind=ATTACKER)
+    second.send("flood2")                             # 4: the last one
+    second.expect(protocol.format_welcome("flood2"))
+    bucket = server.room.guard.bucket(ATTACKER)
+    second.send("-all held")   # over budget: its reader waits ~100 s
+    wait_until(lambda: bucket.level() < 0,
+               what="the address's shared budget to be in debt")
+    for user in (alice, bob):
+        user.expect(protocol.format_joined("flood2"))
+    marker(alice, bob)
+    bob.send("-all hi")
+    alice.expect(protocol.format_message("bob", "hi"))
+    assert not any("held" in line for line in alice.seen + bob.seen)
+
+
+def test_guard_windows_on_a_fake_clock():
+    """Connects a minute slide with time; bans end; tidy() forgets."""
+    clock = FakeClock()
+    guard = Guard(ServerConfig(connects_per_minute=2, max_per_address=0),
+                  clock)
+    assert guard.admit("h") is None and guard.admit("h") is None
+    assert guard.admit("h") is not None
+    assert guard.admit("other") is None
+    clock.now += 61
+    assert guard.admit("h") is None
+    guard.ban("h", 1.0, "x", "why")
+    assert guard.banned("h") is not None
+    assert "banned" in (guard.admit("h") or "")
+    assert [ban.host for ban in guard.bans()] == ["h"]
+    clock.now += 61
+    assert guard.banned("h") is None and guard.admit("h") is None
+    guard.ban("::ffff:10.0.0.1", None)
+    assert guard.banned("10.0.0.1") is not None
+    assert guard.unban("10.0.0.1") and not guard.unban("10.0.0.1")
+    for _ in range(4):  # each admit() above that said None
+        guard.release("h")
+    guard.release("other")
+    clock.now += 3600
+    guard.tidy()
+    assert guard.connections("h") == 0 and not guard._hosts
+
+
+def test_admin_waits_grow_then_lock_out_on_a_fake_clock():
+    """A few wrong passwords are free; then each makes the address wait
+    twice as long, and ADMIN_LOCKOUT_FAILURES lock it out; the right
+    password clears it. Another address is never held up."""
+    clock = FakeClock()
+    guard = Guard(ServerConfig(), clock)
+    waits = []
+    for _ in range(config.ADMIN_LOCKOUT_FAILURES):
+        assert guard.admin_wait("h") == 0
+        waits.append(guard.admin_failed("h"))
+        clock.now += waits[-1]
+    free = config.ADMIN_FREE_FAILURES
+    assert waits[:free] == [0] * free
+    assert waits[free] == config.ADMIN_DELAY_SECONDS
+    assert waits[free + 1] == 2 * config.ADMIN_DELAY_SECONDS
+    assert waits[-1] == config.ADMIN_LOCKOUT_SECONDS
+    clock.now -= 1
+    assert guard.admin_wait("h") > 0
+    assert guard.admin_wait("other") == 0
+    clock.now += config.ADMIN_LOCKOUT_SECONDS + 2
+    assert guard.admin_wait("h") == 0
+
+
+def test_many_addresses_share_a_global_guess_budget():
+    """Past the global budget, addresses that failed before wait even
+    between their own delays; one that never failed may still try."""
+    clock = FakeClock()
+    guard = Guard(ServerConfig(), clock)
+    hosts = [f"10.0.{n}.1" for n in range(
+        config.ADMIN_GLOBAL_FAILURES_PER_MINUTE)]
+    for host in hosts:
+        for _ in range(config.ADMIN_FREE_FAILURES):
+            guard.admin_failed(host)
+    assert all(guard.admin_wait(host) > 0 for host in hosts)
+    assert guard.admin_wait("10.9.9.9") == 0
+
+
+def test_password_guessing_is_slowed_per_address(make_server, clients):
+    """After the free tries, an address's next guesses are not even
+    checked until its wait is over, on any of its connections; the admin
+    on another address logs in at once."""
+    server = make_server()
+    # A clock that stands still: the wait cannot run out mid-test.
+    server.room.guard = Guard(server.config, FakeClock())
+    guesses = 0
+    answers = []
+    while True:
+        guesser = clients(server, f"g{guesses}", bind=ATTACKER)
+        guesser.send("-admin wrong")
+        answers.append(guesser.expect(
+            lambda line: line.startswith(protocol.ERROR)))
+        guesses += 1
+        if answers[-1].startswith("! too many wrong admin passwords"):
+            break
+        assert guesses <= config.ADMIN_FREE_FAILURES + 1, answers
+        guesser.close()
+    assert guesses == config.ADMIN_FREE_FAILURES + 2, answers
+    guesser.send(f"-admin {ADMIN_PASSWORD}")  # right, but not looked at
+    guesser.expect(lambda line: "too many wrong" in line)
+    alice = clients(server, "alice", bind=ALICE)
+    alice.send(f"-admin {ADMIN_PASSWORD}")
+    alice.expect(protocol.format_admin_granted())
