@@ -170,12 +170,62 @@ def encode_line(text: str) -> bytes:
 # --- Nicknames ---------------------------------------------------------------
 
 
+#: Nicknames nobody may take (nor anything that looks like one of them,
+#: with digits or ``_ - .`` added): they would pass for the server.
+RESERVED_NICKS = ("admin", "administrator", "server", "root", "system",
+                  "moderator", "chat")
+
+# Characters that render as nothing (Unicode's default-ignorable code
+# points that are letters or marks; the format characters among them are
+# refused as control characters anyway), and the blank-looking fillers.
+_INVISIBLE_RE = re.compile(
+    "[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u3164"
+    "\ufe00-\ufe0f\uffa0\U000e0100-\U000e01ef]")
+#: Combining marks allowed on one letter (more stack into other rows).
+_MAX_MARKS = 3
+# Scripts that are written together: Japanese mixes kanji and kana,
+# Korean may mix hangul and hanja.
+_SCRIPT_GROUPS = {"CJK": "HAN", "HIRAGANA": "HAN", "KATAKANA": "HAN",
+                  "HANGUL": "HAN", "IDEOGRAPHIC": "HAN"}
+# The look-alike skeleton: letters of other scripts (after NFKC and
+# casefold) that pass for a Latin one, and Latin letters and digits that
+# pass for each other, mapped to one form. Two nicknames with the same
+# skeleton look the same to a reader, so only one may be online.
+_SKELETON = str.maketrans({
+    # Cyrillic
+    "а": "a", "в": "b", "г": "r", "е": "e", "ё": "ë", "з": "3", "і": "l",
+    "ї": "ï", "ј": "j", "к": "k", "м": "m", "н": "h", "о": "o", "п": "n",
+    "р": "p", "с": "c", "т": "t", "у": "y", "х": "x", "ѕ": "s", "һ": "h",
+    "ԁ": "d", "ԛ": "q", "ԝ": "w", "ӏ": "l", "ь": "b", "ү": "y",
+    # Greek
+    "α": "a", "β": "b", "γ": "y", "ε": "e", "ζ": "z", "η": "n", "ι": "l",
+    "κ": "k", "ν": "v", "ο": "o", "ρ": "p", "τ": "t", "υ": "u", "χ": "x",
+    "ω": "w", "μ": "u",
+    # Latin and digits: i, l, I and 1 are one stroke; 0 is o
+    "i": "l", "ı": "l", "1": "l", "0": "o", "ɡ": "g", "ɑ": "a",
+})
+_SKELETON_PAIRS = (("rn", "m"), ("vv", "w"))
+
+
+def _script(char: str) -> str:
+    """The script of a letter, from its Unicode name (``LATIN SMALL
+    LETTER A`` is LATIN), with scripts written together grouped."""
+    try:
+        first = unicodedata.name(char).split()[0]
+    except ValueError:
+        return "?"
+    return _SCRIPT_GROUPS.get(first, first)
+
+
 def nick_error(nick: str) -> Optional[str]:
     """Why ``nick`` is not a valid nickname, or None when it is.
 
-    Valid: 1-20 characters, each a letter of any script (with its combining
-    marks), a decimal digit, or one of ``_ - .``; not starting with ``-``,
-    which would read as a command.
+    Valid: 1-20 characters, each a letter of any script (with up to three
+    combining marks), a decimal digit, or one of ``_ - .``; not starting
+    with ``-``, which would read as a command; no invisible characters
+    (variation selectors, fillers); letters of one script only (``Анна``
+    or ``anna``, not ``аnna`` with a Cyrillic ``а``); and not a reserved
+    name (:data:`RESERVED_NICKS`) or one that looks like it.
     """
     if not nick:
         return "a nickname cannot be empty"
@@ -183,11 +233,19 @@ def nick_error(nick: str) -> Optional[str]:
         return f"a nickname can have at most {NICK_MAX_CHARS} characters"
     if nick.startswith("-"):
         return "a nickname cannot start with '-'"
+    marks = 0
     for index, char in enumerate(nick):
         category = unicodedata.category(char)
-        if category[0] == "L" or category == "Nd" or char in NICK_PUNCTUATION:
-            continue
+        if _INVISIBLE_RE.match(char):
+            return ("a nickname cannot contain invisible characters"
+                    f" (U+{ord(char):04X})")
         if category[0] == "M" and index > 0:
+            marks += 1
+            if marks > _MAX_MARKS:
+                return "a nickname cannot stack so many accents"
+            continue
+        marks = 0
+        if category[0] == "L" or category == "Nd" or char in NICK_PUNCTUATION:
             continue
         if char.isspace():
             return "a nickname cannot contain spaces"
@@ -195,13 +253,36 @@ def nick_error(nick: str) -> Optional[str]:
             return "a nickname cannot contain control characters"
         return (f"a nickname cannot contain {char!r}; use letters, digits"
                 f" and {' '.join(NICK_PUNCTUATION)}")
+    normal = unicodedata.normalize("NFKC", nick)
+    scripts = sorted({_script(char) for char in normal
+                      if unicodedata.category(char)[0] == "L"})
+    if len(scripts) > 1:
+        names = " and ".join(script.title() for script in scripts[:2])
+        return (f"a nickname cannot mix scripts ({names}): it could pass"
+                " for another")
+    # Digits and punctuation around a reserved name (``root_``, ``admin1``:
+    # 1 is l and 0 is o in the skeleton) do not make it another name.
+    if nick_key(nick).strip(NICK_PUNCTUATION + "0123456789lo") \
+            in _RESERVED_KEYS:
+        return "that name is reserved"
     return None
 
 
 def nick_key(nick: str) -> str:
-    """The form under which nicknames are compared: case is ignored, and
-    composed and decomposed letters count as the same."""
-    return unicodedata.normalize("NFC", nick).casefold()
+    """The form under which nicknames are compared (the registry's key):
+    NFKC, so fullwidth and mathematical letters are the plain ones; case
+    ignored (casefold); and the look-alike skeleton, so ``аlice`` with a
+    Cyrillic ``а``, ``ALICE``, ``a1ice`` and ``ａｌｉｃｅ`` are all
+    ``alice``. Nicknames with one key cannot be online at once."""
+    folded = unicodedata.normalize(
+        "NFKC", unicodedata.normalize("NFKC", nick).casefold())
+    key = folded.translate(_SKELETON)
+    for pair, one in _SKELETON_PAIRS:
+        key = key.replace(pair, one)
+    return key
+
+
+_RESERVED_KEYS = frozenset(nick_key(name) for name in RESERVED_NICKS)
 
 
 # --- Commands ----------------------------------------------------------------

@@ -208,3 +208,35 @@ def test_password_guessing_is_slowed_per_address(make_server, clients):
     alice = clients(server, "alice", bind=ALICE)
     alice.send(f"-admin {ADMIN_PASSWORD}")
     alice.expect(protocol.format_admin_granted())
+
+
+IMPOSTORS = [
+    ("alice\ufe0f", "invisible"), ("alice\u034f", "invisible"),
+    ("alice\u180b", "invisible"), ("\u0430lice", "mix scripts"),
+    ("\uff41\uff4c\uff49\uff43\uff45", "taken"),          # fullwidth
+    ("\U0001d41a\U0001d425\U0001d422\U0001d41c\U0001d41e", "taken"),
+    ("ALICE", "taken"), ("a1ice", "taken"), ("\u3164", "invisible"),
+    ("root", "reserved"), ("Admin_2", "reserved"), ("SYSTEM", "reserved"),
+]
+
+
+def test_no_nickname_passes_for_another(make_server, clients):
+    """Look-alikes of an online nickname (invisible characters, mixed
+    scripts, fullwidth or mathematical letters, 1 for l) and reserved
+    names are refused, each with its reason; a Cyrillic nickname is
+    welcome, and alice and Анна chat meanwhile."""
+    server = make_server()
+    alice = clients(server, "alice", bind=ALICE)
+    anna = clients(server, "Анна", bind=BOB)
+    alice.expect(protocol.format_joined("Анна"))
+    for nick, reason in IMPOSTORS:
+        impostor = clients(server, bind=ATTACKER)
+        impostor.expect(protocol.format_nick_prompt())
+        impostor.send(nick)
+        line = impostor.expect(lambda text: text.startswith("! nickname"))
+        assert reason in line, (nick, line)
+        impostor.expect(protocol.format_nick_prompt())
+        impostor.close()
+    marker(alice, anna)
+    assert server.room.nicknames() == {
+        alice.sock.getsockname(): "alice", anna.sock.getsockname(): "Анна"}

@@ -107,6 +107,10 @@ def test_valid_nicks(nick):
     ("a b", "spaces"), ("a\u00a0b", "spaces"), ("a\x1bb", "control"),
     ("a\x00", "control"), ("a@b", "'@'"), ("a:b", "':'"), ("*x", "'*'"),
     ("\u0303x", "cannot contain"), ("a\u202eb", "control"),
+    ("alice\ufe0f", "invisible"), ("\u3164", "invisible"),
+    ("\u0430lice", "mix scripts"), ("bob\u03bf", "mix scripts"),
+    ("admin", "reserved"), ("Root", "reserved"), ("server_1", "reserved"),
+    ("a" + "\u0301" * 4, "accents"),
 ])
 def test_invalid_nicks(nick, reason):
     error = protocol.nick_error(nick)
@@ -117,6 +121,15 @@ def test_nick_key_ignores_case_and_composition():
     assert protocol.nick_key("ALICE") == protocol.nick_key("alice")
     assert protocol.nick_key("Борис") == protocol.nick_key("БОРИС")
     assert protocol.nick_key("n\u0303") == protocol.nick_key("\u00f1")
+
+
+@pytest.mark.parametrize("nick", [
+    "\u0430\u0441\u0435",  # Cyrillic, all of it: allowed, but looks "ace"
+    "\uff41\uff43\uff45", "\U0001d41a\U0001d41c\U0001d41e", "ACE",
+    "\u0410\u0421\u0415",  # the same, in capitals
+])
+def test_nick_key_maps_look_alikes_together(nick):
+    assert protocol.nick_key(nick) == protocol.nick_key("ace")
 
 
 @pytest.mark.parametrize("line, command", [

@@ -431,9 +431,9 @@ def test_registry_matches_a_model(operations):
     online, and exactly the members who left have closed links."""
     pool = ["ann", "ANN", "bob", "Bob", "cy", "dee"]
     room = make_room()
-    admin, admin_link = join(room, "admin")
+    admin, admin_link = join(room, "teacher")
     make_admin(room, admin, admin_link)
-    model: Dict[Address, str] = {admin.address: "admin"}
+    model: Dict[Address, str] = {admin.address: "teacher"}
     members: List[Tuple[Member, FakeLink]] = []
     for name, index in operations:
         if name == "join":
@@ -598,7 +598,7 @@ def test_users_marks_you_and_admins(trio):
     assert a.take() == ["* Online (3): alice (you, admin), bob, carol"]
     _, d = join(room, "dave")
     on_joining = [line for line in d.lines if line.startswith("* Online")]
-    say(room, room._by_key["dave"], "-users")
+    say(room, room._by_key[protocol.nick_key("dave")], "-users")
     assert d.take()[-1] == on_joining[0]
     assert on_joining[0] == "* Online (4): dave (you), alice (admin), bob," \
         " carol"
