@@ -718,7 +718,7 @@ def handle_line(line: str, link: Link, terminal: Terminal,
         return True
     if action == protocol.LEAVE:
         return False
-    if action == protocol.HIDE:
+    if action == protocol.HIDE or _is_secret(line):  # -adminPW too
         terminal.forget_last_line()
     # "-to NICK" and "-all" change who plain lines go to; wait for the
     # server's answer so that the next prompt shows the right partner.

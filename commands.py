@@ -34,7 +34,10 @@ class Commands:
         try:
             command = protocol.parse_command(line)
         except protocol.CommandError as error:
-            self._refuse(member, protocol.format_error(str(error)))
+            # Never the line's text in the log: a mistyped -admin carries
+            # a password.
+            self._refuse(member, protocol.format_error(str(error)),
+                         logged="unknown or malformed command")
             return
         spec = protocol.COMMANDS_BY_NAME[command.name]
         handler = getattr(self, "do_" + command.name, None)

@@ -61,6 +61,8 @@ class Member:
         self.is_admin = False
         self.admin_tries = 0
         self.close_reason = ""  # why the connection ended, for the log
+        self.refusals = 0       # lines refused, for the log's budget
+        self.nick_failures = 0  # nicknames refused in a row
         self.seat_id = ""       # with secret: the resume token
         self.secret = ""
         self.keep_until = 0.0   # DETACHED: when the seat is given up

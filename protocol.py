@@ -398,9 +398,29 @@ _BY_PHRASE = {spec.flag: spec for spec in COMMANDS
               if " " in spec.flag and not spec.flag.startswith("-")}
 _SAY = COMMANDS_BY_NAME["say"]
 
+#: Commands whose argument is a secret (``-admin PASSWORD``).
+_SECRET_FLAGS = tuple(spec.flag for spec in COMMANDS
+                      if spec.argument == SECRET)
+
+
+def _secret_spec(line: str) -> Optional[CommandSpec]:
+    """The row of a secret command for a line whose first word, after
+    any leading white space, starts with its flag: `` -admin PW`` and the
+    typos ``-adminPW`` or ``-admin:PW`` must never be said to everyone,
+    nor logged as an unknown command."""
+    word = _split_word(line)[0].lower()
+    for flag in _SECRET_FLAGS:
+        if word.startswith(flag):
+            return _BY_FLAG[flag]
+    return None
+
+
 def command_spec(line: str) -> Optional[CommandSpec]:
     """The row of the command a line is, without checking its arguments;
     None for a line starting with an unknown flag."""
+    secret = _secret_spec(line)
+    if secret is not None:
+        return secret
     if not line.startswith("-"):
         return _BY_PHRASE.get(" ".join(line.split()).lower(), _SAY)
     return _BY_FLAG.get(_split_word(line)[0].lower())
@@ -416,6 +436,12 @@ def parse_command(line: str) -> Command:
     argument.
     """
     spec = command_spec(line)
+    if spec is not None and spec.argument == SECRET:
+        word, rest = _split_word(line)
+        if word.lower() != spec.flag or not rest:
+            # Not sent on, and not a try: the user sees how to type it.
+            raise CommandError(f"usage: {spec.help[0][0]}")
+        return Command(spec.name, target=rest)
     if spec is None:
         flag = _split_word(line)[0].lower()
         raise CommandError(

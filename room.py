@@ -164,6 +164,9 @@ class Room(Commands):
                     self._leave(member)
                 member.state = GONE
         why = f": {member.close_reason}" if member.close_reason else ""
+        unlogged = member.refusals - config.LOG_REFUSALS_PER_CONNECTION
+        if unlogged > 0:
+            why += f" ({unlogged} more refused lines, not logged)"
         if kept:
             log.info("%s (%s) lost connection%s; seat kept %g s",
                      member.nick, member.name, why,
@@ -275,10 +278,15 @@ class Room(Commands):
         if self._transcript is not None:
             self._transcript(stamp, text)
 
-    def _refuse(self, member: Member, error: str) -> None:
-        """Send an error line to ``member``, and log it once."""
-        log.info("%s (%s): %s", member.nick or "-", member.name,
-                 error[len(protocol.ERROR):])
+    def _refuse(self, member: Member, error: str, logged: str = "") -> None:
+        """Send an error line to ``member``, and log it (or ``logged``,
+        when the error quotes what the user typed) once: the first
+        ``config.LOG_REFUSALS_PER_CONNECTION`` of a connection, then only
+        counted, the count logged when it ends."""
+        member.refusals += 1
+        if member.refusals <= config.LOG_REFUSALS_PER_CONNECTION:
+            log.info("%s (%s): %s", member.nick or "-", member.name,
+                     logged or error[len(protocol.ERROR):])
         self._send(member, error)
 
     def _decode(self, member: Member, frame: Frame) -> Optional[str]:

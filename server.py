@@ -32,6 +32,7 @@ import socket
 import socketserver
 import ssl
 import sys
+import tempfile
 import threading
 import time
 from typing import Iterator, List, Optional, Sequence, Tuple
@@ -505,14 +506,66 @@ def raise_open_file_limit() -> None:
 # --- Command line ------------------------------------------------------------
 
 
+def admin_password(settings: ServerConfig) -> Tuple[str, str]:
+    """The admin password and where it came from: ``--admin-password``,
+    else ``--admin-password-file`` (its first line), else the environment
+    variable; ("", "") for none. Raises ValueError, naming the option,
+    for a file that cannot be read or holds no password."""
+    if settings.admin_password and settings.admin_password_file:
+        raise ValueError("--admin-password and --admin-password-file:"
+                         " give one of them")
+    if settings.admin_password:
+        return settings.admin_password, "--admin-password"
+    path = settings.admin_password_file
+    if path:
+        try:
+            with open(path, encoding="utf-8") as file:
+                password = file.readline().strip()
+        except (OSError, UnicodeDecodeError) as error:
+            why = getattr(error, "strerror", None) or str(error)
+            raise ValueError(f"--admin-password-file {path}: {why}"
+                             ) from None
+        if not password:
+            raise ValueError(f"--admin-password-file {path}: no password"
+                             " on its first line")
+        return password, f"--admin-password-file {path}"
+    password = os.environ.get(config.PASSWORD_ENV, "")
+    return password, (f"${config.PASSWORD_ENV}" if password else "")
+
+
+def show_password(password: str) -> None:
+    """Show a generated admin password to whoever started the server, and
+    never on the log's stream (``2> server.log``, a journal, container
+    logs keep that): on the terminal (``/dev/tty``) if there is one, else
+    in a new file only this user can read, which the log names."""
+    line = f"Admin password for this run: {password}\n"
+    try:
+        with open("/dev/tty", "w", encoding="utf-8") as tty:
+            tty.write(line)
+        return
+    except OSError:  # no controlling terminal: a service, a container
+        pass
+    handle, path = tempfile.mkstemp(prefix="chat-admin-password-",
+                                    suffix=".txt")  # mode 0600
+    with os.fdopen(handle, "w", encoding="utf-8") as file:
+        file.write(line)
+    log.info("no terminal: the admin password for this run is in %s"
+             " (readable by this user only)", path, extra={"always": True})
+
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = config.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s")
     settings: ServerConfig = args.config
-    password = settings.admin_password or os.environ.get(
-        config.PASSWORD_ENV, "")
+    try:
+        password, source = admin_password(settings)
+    except ValueError as error:  # a bad --admin-password-file
+        print(f"{os.path.basename(sys.argv[0])}: error: {error}",
+              file=sys.stderr, flush=True)
+        return 2
     generated = not password
     if generated:
         password = secrets.token_urlsafe(9)
@@ -533,12 +586,17 @@ def main(argv: Optional[List[str]] = None) -> int:
                   settings.port, error.strerror or error)
         return 1
     if generated:
-        # On the console only, never in the log.
-        print(f"Admin password for this run: {password}", file=sys.stderr,
-              flush=True)
+        show_password(password)
     else:
-        log.info("admin password set from %s", "--admin-password"
-                 if args.config.admin_password else f"${config.PASSWORD_ENV}")
+        log.info("admin password set from %s", source)
+        if source == "--admin-password":
+            log.warning("--admin-password is visible to every user of this"
+                        " machine (ps); prefer --admin-password-file or"
+                        " $%s", config.PASSWORD_ENV)
+        if len(password) < config.ADMIN_PASSWORD_MIN_CHARS:
+            log.warning("the admin password is short (%d characters):"
+                        " anyone may try it; use %d or more",
+                        len(password), config.ADMIN_PASSWORD_MIN_CHARS)
 
     def on_signal(signum: int, frame: object) -> None:
         # stop() waits for serve_forever, which runs in this (main) thread,

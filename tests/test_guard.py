@@ -5,6 +5,7 @@ loopback address and ordinary users to others, and keep chatting."""
 
 from __future__ import annotations
 
+import logging
 from typing import List
 
 import config
@@ -35,9 +36,11 @@ def refused(client: LineClient) -> str:
 
 
 def pair(server, clients) -> List[LineClient]:
-    """Two ordinary users on other addresses."""
-    return [clients(server, "alice", bind=ALICE),
-            clients(server, "bob", bind=BOB)]
+    """Two ordinary users on other addresses (alice has seen bob join)."""
+    alice = clients(server, "alice", bind=ALICE)
+    bob = clients(server, "bob", bind=BOB)
+    alice.expect(protocol.format_joined("bob"))
+    return [alice, bob]
 
 
 def test_one_address_cannot_take_every_seat(make_server, clients):
@@ -240,3 +243,23 @@ def test_no_nickname_passes_for_another(make_server, clients):
     marker(alice, anna)
     assert server.room.nicknames() == {
         alice.sock.getsockname(): "alice", anna.sock.getsockname(): "Анна"}
+
+
+def test_mistyped_admin_passwords_never_leak(make_server, clients, caplog):
+    """``-adminPW``, ``-admin:PW`` and `` -admin PW`` (leading space) are
+    the admin command: never said to anyone, never logged; an unknown
+    command is not logged with its text either."""
+    server = make_server()
+    alice, bob = pair(server, clients)
+    with caplog.at_level(logging.DEBUG, logger="chat"):
+        for line in ("-adminSECRET1", "-admin:SECRET2", "-nope SECRET3"):
+            alice.send(line)
+            assert alice.read_line().startswith(protocol.ERROR)
+        alice.send(f"  -admin {ADMIN_PASSWORD}")
+        alice.next_is(protocol.format_admin_granted())
+        marker(alice, bob)
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "SECRET" not in logged and ADMIN_PASSWORD not in logged
+    assert "unknown or malformed command" in logged
+    assert not any("SECRET" in line or ADMIN_PASSWORD in line
+                   for line in bob.seen)

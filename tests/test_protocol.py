@@ -142,6 +142,8 @@ def test_nick_key_maps_look_alikes_together(nick):
     ("-help", Command("help")),
     ("-exit", Command("exit")),
     ("-admin p w", Command("admin", "p w")),
+    ("  -admin pw", Command("admin", "pw")),
+    ("\t-ADMIN pw", Command("admin", "pw")),
     ("-kick bob too loud", Command("kick", "bob", "too loud")),
     ("down server", Command("down")),
     ("  Down   Server ", Command("down")),
@@ -155,6 +157,8 @@ def test_parse_command(line, command):
     ("-nope", "unknown command"), ("-to", "usage: -to NICK"),
     ("-kick", "usage: -kick NICK"), ("-admin", "usage: -admin PASSWORD"),
     ("-exit now", "takes no arguments"),
+    ("-adminPW", "usage: -admin PASSWORD"), ("-admin:PW", "usage: -admin"),
+    (" -resumeX", "usage: -resume TOKEN"),
 ])
 def test_parse_command_errors(line, message):
     with pytest.raises(protocol.CommandError, match=message):
