@@ -723,6 +723,26 @@ def format_tls_required() -> str:
                         " (client.py --tls)")
 
 
+_HTTP_RE = re.compile(
+    r"(?:GET|POST|HEAD|PUT|DELETE|OPTIONS|PATCH|TRACE|CONNECT|PRI) \S+"
+    r" HTTP/\d(?:\.\d)?", re.IGNORECASE)
+
+
+def is_http_request(line: str) -> bool:
+    """True for an HTTP request line (``POST /form HTTP/1.1``): another
+    protocol is talking to the chat's port."""
+    return _HTTP_RE.fullmatch(line.strip()) is not None
+
+
+def format_not_http() -> str:
+    return format_error("this is a chat server, not a web server: connect"
+                        " with client.py or nc")
+
+
+def format_too_many_nicks() -> str:
+    return format_error("too many refused nicknames in a row; disconnecting")
+
+
 def format_register_timeout() -> str:
     return format_error("timed out waiting for a nickname")
 

@@ -95,6 +95,11 @@ class Room(Commands):
         # the grace is the same for all, so the oldest comes first.
         self._detached: Deque[Tuple[float, Member]] = deque()
         self._events: List[Tuple[str, str]] = []  # batched joins, departures
+        # Joins and departures of addresses past their notice budget (a
+        # host connecting and leaving in a loop): told once a second, in
+        # at most two lines, by tick().
+        self._quiet_joined: List[str] = []
+        self._quiet_left: List[str] = []
         self._touched: Set[Link] = set()        # links to flush
         self._history = memory.History(settings.history_keep,
                                        config.MAX_HISTORY_REPLAY_BYTES,
@@ -205,6 +210,7 @@ class Room(Commands):
                     log.info("%s (%s) left: %s", seat.nick, seat.name,
                              seat.close_reason)
             self._send_events()
+            self._send_quiet_events()
 
     def shut_down(self, reason: str = "") -> List[Member]:
         """Give every connection the shutdown notice, after what was already
@@ -312,10 +318,16 @@ class Room(Commands):
             member.state = GONE
             member.link.close()
             return member
+        if nick is not None and protocol.is_http_request(nick):
+            # A browser, or a form posted to the port: its body must not
+            # become a chat session.
+            self._cut(member, protocol.format_not_http(), "HTTP request")
+            return member
         if nick and nick.split(None, 1)[0].lower() == "-resume":
             seat = self._resume(member, (nick.split(None, 1) + [""])[1])
             if seat is not None:
                 return seat
+            member.nick_failures += 1
         elif nick:
             reason = protocol.nick_error(nick)
             if reason is None and protocol.nick_key(nick) in self._by_key:
@@ -324,8 +336,20 @@ class Room(Commands):
                 self._join(member, nick)
                 return member
             self._refuse_nick(member, nick, reason)
+        if member.nick_failures >= config.MAX_NICK_FAILURES:
+            # Whatever is talking, it is not someone choosing a nickname.
+            self._cut(member, protocol.format_too_many_nicks(),
+                      "too many refused nicknames")
+            return member
         self._send(member, protocol.format_nick_prompt())
         return member
+
+    def _cut(self, member: Member, farewell: str, why: str) -> None:
+        """Close a joining connection at once, with one last line."""
+        member.state = GONE
+        member.close_reason = why
+        self._send(member, farewell, last=True)
+        member.link.close()
 
     def _nick_from(self, member: Member, frame: Frame) -> Optional[str]:
         """The nickname a frame offers, or None after saying why it cannot
@@ -344,7 +368,10 @@ class Room(Commands):
     def _refuse_nick(self, member: Member, nick: str, reason: str) -> None:
         # The log gets the reason only: people type all sorts of things at
         # a nickname prompt, passwords included.
-        log.info("%s: nickname refused: %s", member.name, reason)
+        member.nick_failures += 1
+        member.refusals += 1
+        if member.refusals <= config.LOG_REFUSALS_PER_CONNECTION:
+            log.info("%s: nickname refused: %s", member.name, reason)
         self._send(member, protocol.format_nick_refused(nick, reason))
 
     def _join(self, member: Member, nick: str) -> None:
@@ -366,7 +393,7 @@ class Room(Commands):
         if replay:
             self._send(member, *replay)
         log.info("%s registered as %s", member.name, nick)
-        self._announce("joined", nick, exclude=member)
+        self._announce("joined", nick, exclude=member, by=member)
 
     def _greet(self, member: Member, welcome: str) -> None:
         """The welcome, the commands, and who is here (the first names)."""
@@ -394,7 +421,7 @@ class Room(Commands):
     def _leave(self, member: Member) -> None:
         """Take a member out of the room for good, and tell the others."""
         self._remove(member)
-        self._announce("left", member.nick)
+        self._announce("left", member.nick, by=member)
 
     def _remove(self, member: Member) -> None:
         """Take a member out of the registry (its nickname is free)."""
@@ -470,19 +497,33 @@ class Room(Commands):
         """Tell the others about ``member``'s connection (lost, back): in
         a small room only; a large one is not told of every blip. Not in
         the history: it is not part of the conversation."""
-        if len(self._by_key) <= self.settings.announce_limit:
+        if len(self._by_key) <= self.settings.announce_limit and \
+                self.guard.may_announce(guard.host_of(member.address)):
             self._send_events()  # what is batched happened first
             self._broadcast(text, exclude=member)
 
     # -- Announcing joins and departures
 
     def _announce(self, kind: str, nick: str,
-                  exclude: Optional[Member] = None) -> None:
+                  exclude: Optional[Member] = None,
+                  by: Optional[Member] = None) -> None:
         """Tell everyone that ``nick`` joined or left: at once in a small
         room; in a large one (more than ``announce_limit`` users, where
         a room filling up would send N*N/2 lines) batched, by :meth:`tick`.
+        A member (``by``) whose address has used its notice budget is
+        told of in the once-a-second summary instead, whatever the size
+        of the room: one host joining and leaving in a loop makes at most
+        two lines a second for everyone.
         """
         if self._closed:
+            return
+        if by is not None and not self.guard.may_announce(
+                guard.host_of(by.address)):
+            if kind == "left" and nick in self._quiet_joined:
+                self._quiet_joined.remove(nick)  # came and went unseen
+            else:
+                (self._quiet_joined if kind == "joined"
+                 else self._quiet_left).append(nick)
             return
         # After a departure the registry no longer counts the one who left.
         size = len(self._by_key) + (kind == "left")
@@ -512,6 +553,18 @@ class Room(Commands):
             self._record(line, history=False)
             start = end
         events.clear()
+
+    def _send_quiet_events(self) -> None:
+        """Send the joins and departures held back from churning
+        addresses: one line for those who left, one for those who came."""
+        for nicks, make in ((self._quiet_left, protocol.format_left_many),
+                            (self._quiet_joined,
+                             protocol.format_joined_many)):
+            if nicks:
+                line = make(nicks)
+                self._broadcast(line)
+                self._record(line, history=False)
+                nicks.clear()
 
     # -- Closing
 

@@ -263,3 +263,66 @@ def test_mistyped_admin_passwords_never_leak(make_server, clients, caplog):
     assert "unknown or malformed command" in logged
     assert not any("SECRET" in line or ADMIN_PASSWORD in line
                    for line in bob.seen)
+
+
+def test_join_leave_churn_makes_few_notices(make_server, clients):
+    """One address joining and leaving in a loop: past its notice budget
+    its joins and departures wait for the once-a-second summary (a join
+    and a leave within one second cancel out), so everyone else gets at
+    most NOTICE_BURST lines plus two summaries; the others' own joins are
+    told at once."""
+    server = make_server(rate_limit=1000, rate_burst=1000)
+    server.housekeeper.stop()  # the test ticks the room itself
+    alice, bob = pair(server, clients)
+    for number in range(20):
+        churner = clients(server, f"c{number}", bind=ATTACKER)
+        churner.send("-exit")
+        churner.wait_closed()
+    server.room.tick()
+    carol = clients(server, "carol", bind="127.0.0.5")
+    bob.send("-all marker")
+    seen = []
+    while True:
+        line = alice.read_line()
+        if line == protocol.format_message("bob", "marker"):
+            break
+        seen.append(line)
+    assert seen[-1] == protocol.format_joined("carol")
+    assert len(seen) - 1 <= config.NOTICE_BURST + 2, seen
+    assert carol.nick == "carol"
+
+
+def test_an_http_request_is_no_chat_session(make_server, clients):
+    """A form posted to the chat's port: one line, closed at once; the
+    body never registers or speaks. Refused nicknames in a row close a
+    connection too. Meanwhile alice and bob chat."""
+    server = make_server()
+    alice, bob = pair(server, clients)
+    browser = clients(server, bind=ATTACKER)
+    browser.send_raw(b"POST /form HTTP/1.1\r\nHost: chat\r\n"
+                     b"Content-Length: 20\r\n\r\neve\n-all hello\n")
+    lines = browser.wait_closed()
+    assert lines[-1] == protocol.format_not_http(), lines
+    script = clients(server, bind=ATTACKER)
+    for _ in range(config.MAX_NICK_FAILURES):
+        script.send("bad nick!")
+    lines = script.wait_closed()
+    assert lines[-1] == protocol.format_too_many_nicks(), lines
+    marker(alice, bob)
+    assert sorted(server.room.nicknames().values()) == ["alice", "bob"]
+
+
+def test_one_deadline_from_accept_covers_the_tls_handshake(make_server,
+                                                           clients):
+    """A connection that never finishes its TLS handshake is closed when
+    the registration time (counted from accept) is up, well before the
+    handshake's own limit; a TLS user on another address chats."""
+    from helpers import CERT, KEY
+    server = make_server(tls_cert=CERT, tls_key=KEY, register_timeout=2.0)
+    stalled = clients(server, bind=ATTACKER)
+    stalled.send_raw(b"\x16\x03\x01")  # the start of a ClientHello
+    alice = clients(server, "alice", tls=True, bind=ALICE)
+    bob = clients(server, "bob", tls=True, bind=BOB)
+    alice.expect(protocol.format_joined("bob"))
+    stalled.wait_closed(timeout=config.TLS_HANDSHAKE_SECONDS / 2)
+    marker(alice, bob)

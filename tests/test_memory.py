@@ -58,6 +58,7 @@ class Chat:
         fields.setdefault("admin_password", PASSWORD)
         fields.setdefault("history", 0)
         fields.setdefault("resume_grace", 0)
+        fields.setdefault("rate_limit", 0)  # notices per address: off
         self.clock = FakeClock(1000.0)
         self.wall = FakeClock(WALL_START)
         self.records: List[Record] = []

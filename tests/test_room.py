@@ -47,10 +47,11 @@ def make_room(announce_limit: int = config.DEFAULT_ANNOUNCE_LIMIT,
               on_shutdown: Optional[Callable[[str], None]] = None,
               password: str = PASSWORD, cls: type = Room) -> Room:
     # History and kept seats are off: these tests are about the rest (the
-    # memory has its own tests, test_memory.py).
+    # memory has its own tests, test_memory.py). So is flood control,
+    # which holds back the notices of an address (all are 127.0.0.1).
     settings = ServerConfig(admin_password=password,
                             announce_limit=announce_limit, history=0,
-                            resume_grace=0)
+                            resume_grace=0, rate_limit=0)
     if on_shutdown is None:
         return cls(settings)
     return cls(settings, on_shutdown=on_shutdown)
