@@ -149,7 +149,8 @@ class Commands:
             return
         reason = command.text
         log.info("%s (%s) kicked %s (%s)%s", member.nick, member.name,
-                 target.nick, target.name, f": {reason}" if reason else "")
+                 target.nick, target.name,
+                 f": {protocol.log_safe(reason)}" if reason else "")
         target.close_reason = f"kicked by {member.nick}"
         # A kick that lets the user straight back in is no kick.
         self.guard.ban(guard.host_of(target.address),

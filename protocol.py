@@ -144,9 +144,11 @@ def decode_line(raw: bytes) -> str:
     """Decode one framed line, refusing what must not reach other users.
 
     A trailing ``\\r`` (telnet, Windows) is removed. Raises
-    :class:`ProtocolError` for invalid UTF-8 and for control characters
+    :class:`ProtocolError` for invalid UTF-8, for control characters
     (anything in C0, DEL or C1 but tab): they could drive another user's
-    terminal, so the server refuses them rather than pass them on.
+    terminal, so the server refuses them rather than pass them on; and for
+    bidirectional controls (U+202A-202E, U+2066-2069), which make text
+    show as something else.
     """
     if raw.endswith(b"\r"):
         raw = raw[:-1]
@@ -154,12 +156,43 @@ def decode_line(raw: bytes) -> str:
         text = raw.decode(ENCODING)
     except UnicodeDecodeError:
         raise ProtocolError("line is not valid UTF-8, dropped") from None
-    found = _CONTROL_RE.search(text)
+    found = _CONTROL_RE.search(text) or _BIDI_RE.search(text)
     if found:
         raise ProtocolError(
             "control characters are not allowed"
             f" (found U+{ord(found.group()):04X}), line dropped")
     return text
+
+
+# Bidirectional controls (embeddings, overrides, isolates) reorder what
+# follows them on the reader's screen: text could show as something else.
+_BIDI_RE = re.compile("[\u202a-\u202e\u2066-\u2069]")
+# Runs of white space, and characters that show as blank (fillers,
+# zero-width spaces): padding that could push text to a terminal row of
+# its own, where it would pass for a line of the server's.
+_FILLERS = "\u115f\u1160\u180e\u200b\u2060\u2800\u3164\ufeff\uffa0"
+_BLANK_RE = re.compile(f"[\\s{_FILLERS}]{{2,}}|[{_FILLERS}]")
+
+
+def clean_text(text: str) -> str:
+    """User text as it may reach others: every run of white space and
+    every blank-looking character (fillers, zero-width spaces) is one
+    space, so no padding can start a fresh terminal row. Every
+    ``format_*`` that carries user text uses it."""
+    return _BLANK_RE.sub(" ", text)
+
+
+def log_safe(text: str, limit: int = 200) -> str:
+    """User text fit for a log line: at most ``limit`` characters, and
+    anything that is not printable (controls, format characters) shown
+    as an escape, so a log viewer shows what was sent."""
+    out = []
+    for char in text[:limit]:
+        if char.isprintable() and unicodedata.category(char) != "Cf":
+            out.append(char)
+        else:
+            out.append(f"\\u{ord(char):04x}")
+    return "".join(out) + ("..." if len(text) > limit else "")
 
 
 def encode_line(text: str) -> bytes:
@@ -490,13 +523,14 @@ PRIVATE = "[private] "
 
 
 def format_message(nick: str, text: str) -> str:
-    """A public message: ``alice: hello``."""
-    return f"{nick}: {text}"
+    """A public message: ``alice: hello`` (its text cleaned:
+    :func:`clean_text`)."""
+    return f"{nick}: {clean_text(text)}"
 
 
 def format_private(nick: str, text: str) -> str:
     """A private message, as its receiver sees it."""
-    return f"{PRIVATE}{nick}: {text}"
+    return f"{PRIVATE}{nick}: {clean_text(text)}"
 
 
 def format_notice(text: str) -> str:
@@ -693,13 +727,13 @@ def format_admin_only(what: str) -> str:
 
 def format_kicked(nick: str, admin: str, reason: str = "") -> str:
     """Told to everyone else when ``nick`` is kicked."""
-    why = f": {reason}" if reason else ""
+    why = f": {clean_text(reason)}" if reason else ""
     return format_notice(f"{nick} was kicked by {admin}{why}")
 
 
 def format_you_were_kicked(admin: str, reason: str = "") -> str:
     """Told to the user being kicked, just before the connection closes."""
-    why = f": {reason}" if reason else ""
+    why = f": {clean_text(reason)}" if reason else ""
     return format_error(f"you were kicked by {admin}{why}")
 
 

@@ -298,7 +298,7 @@ class Room(Commands):
     def _decode(self, member: Member, frame: Frame) -> Optional[str]:
         """The frame's text, or None after telling the member what was
         wrong with it."""
-        if frame is protocol.OVERLONG:
+        if not self._fits(frame):
             self._refuse(member, protocol.format_line_too_long(
                 self.settings.max_line))
             return None
@@ -307,6 +307,17 @@ class Room(Commands):
         except protocol.ProtocolError as error:
             self._refuse(member, protocol.format_error(str(error)))
             return None
+
+    def _fits(self, frame: Frame) -> bool:
+        """Whether a frame is a line within ``--max-line`` bytes, not
+        counting the ``\r`` of a line that ended in ``\r\n`` (the
+        front-end frames with one byte to spare for it)."""
+        if frame is protocol.OVERLONG:
+            return False
+        size = len(frame)  # type: ignore[arg-type]
+        return size <= self.settings.max_line or (
+            size == self.settings.max_line + 1
+            and frame.endswith(b"\r"))  # type: ignore[union-attr]
 
     # -- Joining
 
@@ -354,7 +365,7 @@ class Room(Commands):
     def _nick_from(self, member: Member, frame: Frame) -> Optional[str]:
         """The nickname a frame offers, or None after saying why it cannot
         be one."""
-        if frame is protocol.OVERLONG:
+        if not self._fits(frame):
             self._refuse_nick(member, "…", "it is far too long")
             return None
         try:

@@ -151,7 +151,9 @@ class ChatHandler(socketserver.BaseRequestHandler):
         self.outbox = Outbox(self.sock, settings.outbox_limit,
                              self.tls.encrypt if self.tls else None,
                              grace=config.CLOSE_GRACE_SECONDS)
-        self.decoder = transport.LineDecoder(self.tls, settings.max_line)
+        # One byte more than a line may have: room for the "\r" of a line
+        # ending in "\r\n", which the room does not count (Room._fits).
+        self.decoder = transport.LineDecoder(self.tls, settings.max_line + 1)
         # Shared by every connection from the address: ten connections
         # flood no faster than one.
         self.bucket = self.server.room.guard.bucket(

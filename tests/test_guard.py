@@ -326,3 +326,40 @@ def test_one_deadline_from_accept_covers_the_tls_handshake(make_server,
     alice.expect(protocol.format_joined("bob"))
     stalled.wait_closed(timeout=config.TLS_HANDSHAKE_SECONDS / 2)
     marker(alice, bob)
+
+
+def test_no_padding_or_bidi_reaches_others(make_server, clients, caplog):
+    """Padding is one space by the time a line leaves the server, so it
+    cannot push fake text to a row of its own; bidi controls are refused
+    with one line; a kick reason is escaped in the log."""
+    server = make_server()
+    alice, bob = pair(server, clients)
+    fake = "[private] root: the password is now 1234"
+    alice.send("brb" + " " * 400 + "\t\t" + "\u3164" * 50 + fake)
+    bob.next_is(protocol.format_message("alice", "brb " + fake))
+    alice.send("look \u202eevil")
+    assert "U+202E" in alice.read_line()
+    marker(alice, bob)
+    alice.send(f"-admin {ADMIN_PASSWORD}")
+    alice.expect(protocol.format_admin_granted())
+    mallory = clients(server, "mallory", bind=ATTACKER)
+    with caplog.at_level(logging.INFO, logger="chat"):
+        alice.send("-kick mallory a\u200bb")
+        mallory.wait_closed()
+        bob.expect(lambda line: line.startswith("* mallory was kicked"))
+    assert any("a\\u200bb" in record.getMessage()
+               for record in caplog.records)
+
+
+def test_a_crlf_line_has_the_same_limit(make_server, clients):
+    """A line of exactly --max-line bytes is accepted whether it ends in
+    LF or CRLF; one byte more is refused either way."""
+    server = make_server(max_line=100)
+    alice, bob = pair(server, clients)
+    text = "x" * (100 - len("-all "))
+    for ending in (b"\n", b"\r\n"):
+        alice.send_raw(f"-all {text}".encode() + ending)
+        bob.next_is(protocol.format_message("alice", text))
+        alice.send_raw(f"-all {text}y".encode() + ending)
+        assert alice.read_line() == protocol.format_line_too_long(100)
+    marker(alice, bob)
