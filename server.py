@@ -350,7 +350,8 @@ class ChatServer(socketserver.ThreadingTCPServer):
 
     def log_listening(self) -> None:
         log.info("listening on %s%s", format_address(self.server_address),
-                 " (TLS)" if self.tls_context else "")
+                 " (TLS)" if self.tls_context else "",
+                 extra={"always": True})
 
     def stop(self, reason: str = "") -> None:
         """Stop accepting, give every user the shutdown notice after what
@@ -364,7 +365,8 @@ class ChatServer(socketserver.ThreadingTCPServer):
         if not first_call:
             self._stopped.wait(config.CLOSE_GRACE_SECONDS * 2)
             return
-        log.info("shutting down%s", f" ({reason})" if reason else "")
+        log.info("shutting down%s", f" ({reason})" if reason else "",
+                 extra={"always": True})
         deadline = time.monotonic() + config.CLOSE_GRACE_SECONDS
         if self._serving:
             self.shutdown()  # returns once serve_forever has stopped
@@ -375,7 +377,8 @@ class ChatServer(socketserver.ThreadingTCPServer):
             member.link.wait_drained(max(0.0, deadline - time.monotonic()))
         if self.exits_after_stop:
             log.info("stopped; %d connection%s close as the process exits",
-                     len(members), "" if len(members) == 1 else "s")
+                     len(members), "" if len(members) == 1 else "s",
+                     extra={"always": True})
         else:
             for member in members:
                 member.link.close()
@@ -384,7 +387,7 @@ class ChatServer(socketserver.ThreadingTCPServer):
                 self._all_closed.wait_for(
                     lambda: self._connection_count == 0,
                     max(0.0, deadline - time.monotonic()))
-            log.info("stopped")
+            log.info("stopped", extra={"always": True})
         if self.transcript is not None:
             self.transcript.close()
         self._stopped.set()
@@ -561,6 +564,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s")
+    # Whatever clients do, the log grows by a bounded number of lines a
+    # second (guard.LogBudget); the server's own start and stop always
+    # get in.
+    log.addFilter(guard.LogBudget())
     settings: ServerConfig = args.config
     try:
         password, source = admin_password(settings)

@@ -10,7 +10,7 @@ from typing import List
 
 import config
 import protocol
-from guard import Guard
+from guard import Guard, LogBudget
 from helpers import ADMIN_PASSWORD, LineClient, marker, wait_until
 from server import ServerConfig
 
@@ -363,3 +363,51 @@ def test_a_crlf_line_has_the_same_limit(make_server, clients):
         alice.send_raw(f"-all {text}y".encode() + ending)
         assert alice.read_line() == protocol.format_line_too_long(100)
     marker(alice, bob)
+
+
+def test_the_log_has_a_budget_on_a_fake_clock():
+    """Past its burst the log takes LOG_LINES_PER_SECOND lines a second;
+    the next line let through counts those dropped; errors and the
+    server's own lines always pass."""
+    clock = FakeClock()
+    budget = LogBudget(rate=2.0, burst=3, clock=clock)
+
+    def record(level: int = logging.INFO, **extra: object
+               ) -> logging.LogRecord:
+        made = logging.LogRecord("chat", level, __file__, 1, "line", (),
+                                 None)
+        made.__dict__.update(extra)
+        return made
+
+    passed = [budget.filter(record()) for _ in range(10)]
+    assert passed == [True] * 3 + [False] * 7
+    clock.now += 0.5
+    late = record()
+    assert budget.filter(late)
+    assert late.getMessage() == "[7 log lines dropped] line"
+    assert not budget.filter(record())
+    error = record(logging.ERROR)
+    assert budget.filter(error) and budget.filter(record(always=True))
+    assert error.getMessage() == "[1 log lines dropped] line"
+
+
+def test_refusals_are_logged_a_few_per_connection(make_server, clients,
+                                                  caplog):
+    """A connection sending bad line after bad line gets every refusal,
+    but the log only the first few, then one count when it ends; the
+    others chat on."""
+    server = make_server()
+    alice, bob = pair(server, clients)
+    pest = clients(server, "pest", bind=ATTACKER)
+    with caplog.at_level(logging.INFO, logger="chat"):
+        pest.send_raw(b"\xff\n" * 50)
+        for _ in range(50):
+            assert pest.read_line().startswith(protocol.ERROR)
+        pest.send("-exit")
+        pest.wait_closed()
+        bob.expect(protocol.format_left("pest"))
+        marker(alice, bob)
+    refusals = [r for r in caplog.records if "UTF-8" in r.getMessage()]
+    assert len(refusals) == config.LOG_REFUSALS_PER_CONNECTION
+    assert any("45 more refused lines, not logged" in r.getMessage()
+               for r in caplog.records)
