@@ -150,7 +150,9 @@ class ChatHandler(socketserver.BaseRequestHandler):
                     if context else None)
         self.outbox = Outbox(self.sock, settings.outbox_limit,
                              self.tls.encrypt if self.tls else None,
-                             grace=config.CLOSE_GRACE_SECONDS)
+                             grace=config.CLOSE_GRACE_SECONDS,
+                             goodbye=self.tls.close_notify if self.tls
+                             else None)
         # One byte more than a line may have: room for the "\r" of a line
         # ending in "\r\n", which the room does not count (Room._fits).
         self.decoder = transport.LineDecoder(self.tls, settings.max_line + 1)

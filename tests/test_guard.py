@@ -411,3 +411,20 @@ def test_refusals_are_logged_a_few_per_connection(make_server, clients,
     assert len(refusals) == config.LOG_REFUSALS_PER_CONNECTION
     assert any("45 more refused lines, not logged" in r.getMessage()
                for r in caplog.records)
+
+
+def test_the_server_ends_tls_with_close_notify(make_server, clients):
+    """A TLS connection the server closes (-exit, a kick) ends with TLS's
+    close_notify, not just a TCP close."""
+    from helpers import CERT, KEY
+    server = make_server(tls_cert=CERT, tls_key=KEY)
+    alice = clients(server, "alice", tls=True, bind=ALICE)
+    bob = clients(server, "bob", tls=True, bind=BOB)
+    alice.expect(protocol.format_joined("bob"))
+    bob.send("-exit")
+    bob.wait_closed()
+    assert bob._decoder.ended  # the close_notify came
+    alice.expect(protocol.format_left("bob"))
+    alice.send("-exit")
+    alice.wait_closed()
+    assert alice._decoder.ended
