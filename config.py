@@ -89,7 +89,7 @@ LOG_LINES_PER_SECOND = 20.0
 LOG_BURST = 200
 #: Nicknames a new connection may have refused in a row before it is
 #: closed (a script, or another protocol, is talking).
-MAX_NICK_FAILURES = 5
+MAX_NICK_FAILURES = 10
 #: Environment variable that may hold the admin password.
 PASSWORD_ENV = "CHAT_ADMIN_PASSWORD"
 
