@@ -152,10 +152,13 @@ class Commands:
                  target.nick, target.name,
                  f": {protocol.log_safe(reason)}" if reason else "")
         target.close_reason = f"kicked by {member.nick}"
-        # A kick that lets the user straight back in is no kick.
-        self.guard.ban(guard.host_of(target.address),
-                       self.settings.kick_ban_minutes, target.nick,
-                       reason or f"kicked by {member.nick}")
+        # A kick that lets the user straight back in is no kick; but an
+        # admin kicking someone on their own machine (a demonstration)
+        # does not lock themselves out.
+        host = guard.host_of(target.address)
+        if host != guard.host_of(member.address):
+            self.guard.ban(host, self.settings.kick_ban_minutes,
+                           target.nick, reason or f"kicked by {member.nick}")
         self._send(target, protocol.format_you_were_kicked(member.nick,
                                                            reason),
                    last=True)

@@ -35,7 +35,7 @@ from typing import Callable, Deque, Dict, List, NamedTuple, Optional
 
 import config
 
-__all__ = ["Ban", "Guard", "LogBudget", "SharedBucket", "host_of"]
+__all__ = ["Ban", "Guard", "LogBudget", "TokenBucket", "host_of"]
 
 
 def host_of(address: object) -> str:
@@ -58,7 +58,7 @@ class Ban(NamedTuple):
     until: Optional[float]
 
 
-class SharedBucket:
+class TokenBucket:
     """A token bucket several threads may take from: ``rate`` lines a
     second on average, ``burst`` at once. :meth:`delay` says how long the
     caller should wait before its line; the waiting is the caller's. A
@@ -118,8 +118,8 @@ class _Host:
     def __init__(self) -> None:
         self.connections = 0
         self.connects: Deque[float] = deque()  # times of recent connects
-        self.bucket: Optional[SharedBucket] = None
-        self.notices: Optional[SharedBucket] = None
+        self.bucket: Optional[TokenBucket] = None
+        self.notices: Optional[TokenBucket] = None
         self.failures = 0        # wrong admin passwords, recently
         self.not_before = 0.0    # no admin try before this time
         self.last_failure = 0.0
@@ -138,7 +138,7 @@ class Guard:
         self._bans: Dict[str, Ban] = {}
         # All addresses' wrong passwords together: a budget, so a
         # thousand addresses cannot guess a thousand times as fast.
-        self._global_failures = SharedBucket(
+        self._global_failures = TokenBucket(
             config.ADMIN_GLOBAL_FAILURES_PER_MINUTE / 60.0,
             config.ADMIN_GLOBAL_FAILURES_PER_MINUTE, clock)
 
@@ -187,13 +187,13 @@ class Guard:
             entry = self._hosts.get(host)
             return entry.connections if entry else 0
 
-    def bucket(self, host: str) -> SharedBucket:
+    def bucket(self, host: str) -> TokenBucket:
         """The flood budget every connection from ``host`` draws from
         (``--rate-limit`` lines a second, ``--rate-burst`` at once)."""
         with self._lock:
             entry = self._hosts.setdefault(host, _Host())
             if entry.bucket is None:
-                entry.bucket = SharedBucket(self.settings.rate_limit,
+                entry.bucket = TokenBucket(self.settings.rate_limit,
                                             self.settings.rate_burst,
                                             self._clock)
             return entry.bucket
@@ -208,7 +208,7 @@ class Guard:
         with self._lock:
             entry = self._hosts.setdefault(host, _Host())
             if entry.notices is None:
-                entry.notices = SharedBucket(
+                entry.notices = TokenBucket(
                     config.NOTICES_PER_MINUTE / 60.0, config.NOTICE_BURST,
                     self._clock)
             return entry.notices.take()
@@ -230,8 +230,10 @@ class Guard:
                     continue
                 if entry.failures and entry.last_failure > now - forget:
                     continue
-                if entry.notices is not None and \
-                        not entry.notices.take():
+                # A budget not yet full again would be a fresh one.
+                if any(bucket is not None and bucket.rate > 0
+                       and bucket.level() < bucket.burst
+                       for bucket in (entry.bucket, entry.notices)):
                     continue
                 del self._hosts[host]
 
@@ -359,7 +361,7 @@ class LogBudget(logging.Filter):
                  burst: int = config.LOG_BURST,
                  clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
-        self._bucket = SharedBucket(rate, burst, clock)
+        self._bucket = TokenBucket(rate, burst, clock)
         self._lock = threading.Lock()
         self.dropped = 0
 

@@ -94,6 +94,14 @@ def test_a_kicked_user_cannot_come_straight_back(make_server, clients):
     bob = clients(server, "bob", bind=BOB)
     alice.expect(protocol.format_joined("bob"))
     marker(bob, alice)
+    # A kick on the admin's own machine bans nobody: the admin would be
+    # locked out too.
+    carol = clients(server, "carol", bind=ALICE)
+    alice.expect(protocol.format_joined("carol"))
+    alice.send("-kick carol")
+    carol.wait_closed()
+    alice.expect(protocol.format_kicked("carol", "alice"))
+    assert server.room.guard.banned(ALICE) is None
 
 
 def test_an_address_shares_one_flood_budget(make_server, clients):
@@ -407,10 +415,12 @@ def test_refusals_are_logged_a_few_per_connection(make_server, clients,
         pest.wait_closed()
         bob.expect(protocol.format_left("pest"))
         marker(alice, bob)
+        # Logged by the connection's thread as it ends.
+        wait_until(lambda: any(
+            "45 more refused lines, not logged" in r.getMessage()
+            for r in caplog.records), what="the count of refusals")
     refusals = [r for r in caplog.records if "UTF-8" in r.getMessage()]
     assert len(refusals) == config.LOG_REFUSALS_PER_CONNECTION
-    assert any("45 more refused lines, not logged" in r.getMessage()
-               for r in caplog.records)
 
 
 def test_the_server_ends_tls_with_close_notify(make_server, clients):
