@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 from typing import List
 
+import pytest
+
 import config
 import protocol
 from guard import Guard, LogBudget
@@ -438,3 +440,21 @@ def test_the_server_ends_tls_with_close_notify(make_server, clients):
     alice.send("-exit")
     alice.wait_closed()
     assert alice._decoder.ended
+
+
+def test_a_refused_tls_client_is_told_why(make_server, clients):
+    """A TLS server refuses over the limit before any handshake, in plain
+    text; client.py's dialling shows that line, not a TLS error."""
+    import ssl
+
+    import dial
+    from helpers import CERT, KEY
+    server = make_server(tls_cert=CERT, tls_key=KEY, max_per_address=1)
+    alice = clients(server, "alice", tls=True)
+    context = ssl.create_default_context(cafile=CERT)
+    with pytest.raises(OSError, match="too many connections from your"
+                                      " address"):
+        dial.connect("127.0.0.1", server.address[1], context, CERT)
+    bob = clients(server, "bob", tls=True, bind=BOB)
+    alice.expect(protocol.format_joined("bob"))
+    marker(bob, alice)
