@@ -44,3 +44,12 @@ def test_a_locale_that_cannot_show_a_character(server, spawn):  # noqa: F811
     alice.expect(protocol.format_shutdown().split(".")[0])
     assert alice.wait_exit() == 0
     alice.assert_terminal_restored()
+
+
+def test_mistyped_admin_lines_stay_out_of_the_history():
+    """client.py keeps every line read as the admin command out of its
+    input history: a leading space, or no space after -admin."""
+    import client
+    for line in (" -admin pw", "-adminPW", "-admin:pw", "\t-ADMIN pw"):
+        assert client._is_secret(line), line
+    assert not client._is_secret("admin pw")
