@@ -194,8 +194,8 @@ class Guard:
             entry = self._hosts.setdefault(host, _Host())
             if entry.bucket is None:
                 entry.bucket = TokenBucket(self.settings.rate_limit,
-                                            self.settings.rate_burst,
-                                            self._clock)
+                                           self.settings.rate_burst,
+                                           self._clock)
             return entry.bucket
 
     def may_announce(self, host: str) -> bool:
