@@ -331,7 +331,7 @@ def test_one_deadline_from_accept_covers_the_tls_handshake(make_server,
     chats meanwhile."""
     from helpers import CERT, KEY
     monkeypatch.setattr(config, "TLS_HANDSHAKE_SECONDS", 3600.0)
-    server = make_server(tls_cert=CERT, tls_key=KEY, register_timeout=2.0)
+    server = make_server(tls_cert=CERT, tls_key=KEY, register_timeout=3.0)
     stalled = clients(server, bind=ATTACKER)
     stalled.send_raw(b"\x16\x03\x01")  # the start of a ClientHello
     alice = clients(server, "alice", tls=True, bind=ALICE)
