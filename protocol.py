@@ -219,7 +219,8 @@ _MAX_MARKS = 3
 # Scripts that are written together: Japanese mixes kanji and kana,
 # Korean may mix hangul and hanja.
 _SCRIPT_GROUPS = {"CJK": "HAN", "HIRAGANA": "HAN", "KATAKANA": "HAN",
-                  "HANGUL": "HAN", "IDEOGRAPHIC": "HAN"}
+                  "KATAKANA-HIRAGANA": "HAN", "HANGUL": "HAN",
+                  "IDEOGRAPHIC": "HAN"}
 # The look-alike skeleton: letters of other scripts (after NFKC and
 # casefold) that pass for a Latin one, and Latin letters and digits that
 # pass for each other, mapped to one form. Two nicknames with the same
