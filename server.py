@@ -540,16 +540,18 @@ def admin_password(settings: ServerConfig) -> Tuple[str, str]:
     return password, (f"${config.PASSWORD_ENV}" if password else "")
 
 
-def show_password(password: str) -> None:
+def show_password(password: str) -> str:
     """Show a generated admin password to whoever started the server, and
     never on the log's stream (``2> server.log``, a journal, container
     logs keep that): on the terminal (``/dev/tty``) if there is one, else
-    in a new file only this user can read, which the log names."""
+    in a new file only this user can read, which the log names. Returns
+    that file's path ("" for the terminal): the password is for this run
+    only, so the server removes the file when it stops."""
     line = f"Admin password for this run: {password}\n"
     try:
         with open("/dev/tty", "w", encoding="utf-8") as tty:
             tty.write(line)
-        return
+        return ""
     except OSError:  # no controlling terminal: a service, a container
         pass
     handle, path = tempfile.mkstemp(prefix="chat-admin-password-",
@@ -558,6 +560,7 @@ def show_password(password: str) -> None:
         file.write(line)
     log.info("no terminal: the admin password for this run is in %s"
              " (readable by this user only)", path, extra={"always": True})
+    return path
 
 
 
@@ -596,9 +599,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         log.error("cannot listen on %s port %s: %s", settings.host,
                   settings.port, error.strerror or error)
         return 1
-    if generated:
-        show_password(password)
-    else:
+    password_file = show_password(password) if generated else ""
+    if not generated:
         log.info("admin password set from %s", source)
         if source == "--admin-password":
             log.warning("--admin-password is visible to every user of this"
@@ -620,6 +622,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     server.log_listening()
     server.serve_forever()
     server.wait_stopped(config.CLOSE_GRACE_SECONDS * 3)
+    if password_file:
+        try:
+            os.remove(password_file)
+        except OSError:
+            pass
     return 0
 
 

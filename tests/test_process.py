@@ -134,6 +134,7 @@ def test_random_password_never_in_the_log(start_server, tmp_path):
     alice.wait_closed()
     assert server.wait() == 0
     assert not any(password in line for line in server.log)
+    assert not os.path.exists(path)  # for this run only
 
 
 def test_password_file_and_warnings(start_server, tmp_path):
