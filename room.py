@@ -528,14 +528,16 @@ class Room(Commands):
         """
         if self._closed:
             return
+        if kind == "left" and nick in self._quiet_joined:
+            self._quiet_joined.remove(nick)  # came and went unseen
+            return
         if by is not None and not self.guard.may_announce(
                 guard.host_of(by.address)):
-            if kind == "left" and nick in self._quiet_joined:
-                self._quiet_joined.remove(nick)  # came and went unseen
-            else:
-                (self._quiet_joined if kind == "joined"
-                 else self._quiet_left).append(nick)
+            (self._quiet_joined if kind == "joined"
+             else self._quiet_left).append(nick)
             return
+        if kind == "joined" and nick in self._quiet_left:
+            self._send_quiet_events()  # its departure came first
         # After a departure the registry no longer counts the one who left.
         size = len(self._by_key) + (kind == "left")
         if size > self.settings.announce_limit:

@@ -461,3 +461,38 @@ def test_a_refused_tls_client_is_told_why(make_server, clients):
     bob = clients(server, "bob", tls=True, bind=BOB)
     alice.expect(protocol.format_joined("bob"))
     marker(bob, alice)
+
+
+def test_held_back_notices_keep_their_order():
+    """A join held back (the address past its budget) and then a
+    departure told at once cancel out; a departure held back is told
+    before the same nickname's next join: nobody is seen to join after
+    leaving, or to leave before joining."""
+    from helpers import FakeLink
+    from room import Room
+    clock = FakeClock()
+    room = Room(ServerConfig(admin_password=ADMIN_PASSWORD, history=0,
+                             resume_grace=0), clock=clock)
+    watcher_link = FakeLink(room)
+    watcher = room.connect(watcher_link, (ALICE, 1))
+    room.receive(watcher, [b"watcher"])
+    budget = [True]
+    room.guard.may_announce = lambda host: budget[0]  # type: ignore
+    budget[0] = False
+    joiner = room.connect(FakeLink(room), (ATTACKER, 2))
+    room.receive(joiner, [b"joiner"])
+    budget[0] = True
+    room.receive(joiner, [b"-exit"])
+    leaver = room.connect(FakeLink(room), (ATTACKER, 3))
+    room.receive(leaver, [b"leaver"])
+    budget[0] = False
+    room.receive(leaver, [b"-exit"])
+    budget[0] = True
+    again = room.connect(FakeLink(room), (ATTACKER, 4))
+    room.receive(again, [b"leaver"])
+    room.tick()
+    notices = [line for line in watcher_link.take()
+               if "joiner" in line or "leaver" in line]
+    assert notices == [protocol.format_joined("leaver"),
+                       protocol.format_left_many(["leaver"]),
+                       protocol.format_joined("leaver")], notices
