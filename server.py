@@ -5,9 +5,9 @@ Run ``python3 server.py --help`` for the options (they are the fields of
 each connection gets a thread (:class:`ChatHandler`) that does the TLS
 handshake if there is one, reads lines and hands them to the room, pacing
 its reading for flood control (``guard.py`` keeps what each address may
-do). What the room sends to a connection goes
-through the connection's ``outbox.Outbox``, so a user who stops reading
-never blocks the others. The rules of the chat (nicknames, commands, who
+do). What the room sends to a connection goes through the connection's
+``outbox.Outbox``, so a user who stops reading never blocks the
+others. The rules of the chat (nicknames, commands, who
 hears what) are all in the room; sockets and TLS in ``transport.py``.
 
 In-process use (tests)::
