@@ -713,11 +713,23 @@ def read_from_server(link: Link, terminal: Terminal, state: ChatState,
     link.ended.set()  # leave() waits for this
 
 
+def read_or_exit(link: Link, terminal: Terminal, state: ChatState,
+                 dial: Optional[Callable[[], Connection]]) -> None:
+    """:func:`read_from_server`, but an exception it did not expect ends
+    the program, with the terminal put back and the reason on stderr: a
+    client that stops reading and lingers would look alive but be deaf."""
+    try:
+        read_from_server(link, terminal, state, dial)
+    except Exception as error:  # any bug: end cleanly, not deaf
+        exit_now(terminal, f"client error: {type(error).__name__}:"
+                           f" {error}", 1, stderr=True)
+
+
 def start_reader(link: Link, terminal: Terminal, state: ChatState,
                  dial: Optional[Callable[[], Connection]] = None,
                  ) -> threading.Thread:
     """Start the reader thread (see read_from_server)."""
-    reader = threading.Thread(target=read_from_server, name="reader",
+    reader = threading.Thread(target=read_or_exit, name="reader",
                               args=(link, terminal, state, dial),
                               daemon=True)
     start_thread(reader)
@@ -792,7 +804,7 @@ def handle_line(line: str, link: Link, terminal: Terminal,
         return True
     if action == protocol.LEAVE:
         return False
-    if action == protocol.HIDE:
+    if action == protocol.HIDE or _is_secret(line):  # -adminPW too
         terminal.forget_last_line()
     # "-to NICK" and "-all" change who plain lines go to; wait for the
     # server's answer so that the next prompt shows the right partner. A

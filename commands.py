@@ -34,7 +34,10 @@ class Commands:
         try:
             command = protocol.parse_command(line)
         except protocol.CommandError as error:
-            self._refuse(member, protocol.format_error(str(error)))
+            # Never the line's text in the log: a mistyped -admin carries
+            # a password.
+            self._refuse(member, protocol.format_error(str(error)),
+                         logged="unknown or malformed command")
             return
         spec = protocol.COMMANDS_BY_NAME[command.name]
         handler = getattr(self, "do_" + command.name, None)
@@ -235,17 +238,26 @@ class Commands:
         if member.admin_tries >= config.ADMIN_MAX_TRIES:
             self._refuse(member, protocol.format_admin_locked())
             return
+        host = host_of(member.address)
+        # An address that guessed wrong too often waits; its try is not
+        # even looked at, so guessing from many connections gains nothing.
+        wait = self.guard.admin_wait(host)
+        if wait > 0:
+            self._refuse(member, protocol.format_admin_wait(wait))
+            return
         if self.check_password(command.target):
             member.is_admin = True
+            self.guard.admin_succeeded(host)
             log.info("%s (%s) is now an admin", member.nick, member.name)
             self._send(member, protocol.format_admin_granted())
             return
         member.admin_tries += 1
+        wait = self.guard.admin_failed(host)
         log.warning("%s (%s): wrong admin password, try %d of %d",
                     member.nick, member.name, member.admin_tries,
                     config.ADMIN_MAX_TRIES)
         self._send(member, protocol.format_admin_refused(
-            config.ADMIN_MAX_TRIES - member.admin_tries))
+            config.ADMIN_MAX_TRIES - member.admin_tries, wait))
 
     # -- For admins
 
@@ -255,6 +267,13 @@ class Commands:
             return
         reason = command.text
         self._log_sanction(member, "kicked", target, reason)
+        # A kick that lets the user straight back in is no kick; but an
+        # admin kicking someone on their own machine (a demonstration)
+        # does not lock themselves out.
+        host = host_of(target.address)
+        if host != host_of(member.address):
+            self.guard.ban(host, self.settings.kick_ban_minutes, target.nick,
+                           reason or f"kicked by {member.nick}", member.nick)
         self._throw_out(target, f"kicked by {member.nick}",
                         protocol.format_you_were_kicked(member.nick, reason),
                         protocol.format_kicked(target.nick, member.nick,
@@ -319,7 +338,7 @@ class Commands:
                 f"{target.nick} connects from your own address ({host});"
                 f" -kick {target.nick} instead"))
             return
-        self._bans.give(host, target.nick, member.nick, minutes, reason)
+        self.guard.ban(host, minutes, target.nick, reason, member.nick)
         self._log_sanction(member, "banned", target, reason)
         self._throw_out(target, f"banned by {member.nick}",
                         protocol.format_you_were_banned(member.nick, minutes,
@@ -330,30 +349,27 @@ class Commands:
     def do_unban(self, member: Member, command: Command) -> None:
         """``-unban ADDRESS``; the nickname the ban was given to works
         too."""
-        wanted = command.target.strip("[]")
-        if wanted.startswith("::ffff:") and "." in wanted:
-            wanted = wanted[len("::ffff:"):]
-        ban = None if command.text else self._bans.lift(wanted)
-        if ban is None and not command.text:
-            key = protocol.nick_key(wanted)
-            for given in self._bans.in_force():
-                if protocol.nick_key(given.nick) == key:
-                    ban = self._bans.lift(given.key)
-                    break
-        if ban is None or command.text:
+        wanted = host_of(command.target.strip("[]"))
+        ban = None
+        if not command.text:
+            ban = self.guard.banned(wanted)
+            if ban is None:  # the nickname the ban was given to
+                key = protocol.nick_key(wanted)
+                ban = next((given for given in self.guard.bans()
+                            if protocol.nick_key(given.nick) == key), None)
+        if ban is None or not self.guard.unban(ban.host):
             self._refuse(member, protocol.format_error(
                 f"no ban on {command.target[:40]}; -bans lists them"))
             return
         log.info("%s (%s) lifted the ban on %s (%s)", member.nick,
-                 member.name, ban.key, ban.nick)
-        self._send(member, protocol.format_unbanned(ban.key, ban.nick))
+                 member.name, ban.host, ban.nick)
+        self._send(member, protocol.format_unbanned(ban.host, ban.nick))
 
     def do_bans(self, member: Member, command: Command) -> None:
-        bans = self._bans.in_force()
+        bans = self.guard.bans()
         self._send(member, protocol.format_bans_header(len(bans)), *(
-            protocol.format_ban_entry(ban.key, ban.nick, ban.admin,
-                                      ban.reason,
-                                      self._bans.seconds_left(ban))
+            protocol.format_ban_entry(ban.host, ban.nick, ban.admin,
+                                      ban.reason, self.guard.ban_left(ban))
             for ban in bans))
 
     def do_down(self, member: Member, command: Command) -> None:
@@ -469,4 +485,5 @@ class Commands:
         level = logging.WARNING if target.is_admin else logging.INFO
         log.log(level, "%s (%s) %s %s%s (%s)%s", admin.nick, admin.name,
                 what, "admin " if target.is_admin else "", target.nick,
-                target.name, " with a reason" if reason else "")
+                target.name,
+                f": {protocol.log_safe(reason)}" if reason else "")

@@ -64,6 +64,43 @@ MAX_SANCTION_MINUTES = 7 * 24 * 60
 MAX_IGNORED = 100
 #: What ``-away`` says when no reason is given.
 DEFAULT_AWAY_REASON = "away"
+#: Connections one address may have open at once (0: no limit).
+DEFAULT_MAX_PER_ADDRESS = 10
+#: New connections one address may open a minute (0: no limit).
+DEFAULT_CONNECTS_PER_MINUTE = 30
+#: Minutes a kicked user's address may not connect again (0: no ban).
+DEFAULT_KICK_BAN_MINUTES = 5.0
+#: Join and leave notices one address may cause at once, and a minute;
+#: past them its notices wait for the once-a-second summary.
+NOTICE_BURST = 6
+NOTICES_PER_MINUTE = 12
+#: Wrong admin passwords an address may make before it has to wait (a
+#: typo or two is no attack)...
+ADMIN_FREE_FAILURES = 3
+#: ...then the next makes the address wait this long before its next try
+#: is even looked at, and each one after doubles it...
+ADMIN_DELAY_SECONDS = 1.0
+#: ...up to this...
+ADMIN_DELAY_MAX_SECONDS = 60.0
+#: ...until this many lock the address out...
+ADMIN_LOCKOUT_FAILURES = 10
+#: ...for this long (also how long failures are remembered).
+ADMIN_LOCKOUT_SECONDS = 15 * 60.0
+#: Wrong admin passwords a minute from all addresses together; past it,
+#: addresses that have failed already wait (the others still may try).
+ADMIN_GLOBAL_FAILURES_PER_MINUTE = 30
+#: A password shorter than this gets a warning at start.
+ADMIN_PASSWORD_MIN_CHARS = 12
+#: Refused lines one connection gets logged; the rest are counted and
+#: the count logged when it ends.
+LOG_REFUSALS_PER_CONNECTION = 5
+#: The log's budget, whatever clients do: lines a second on average, and
+#: at once. Lines over it are dropped and counted in the next one.
+LOG_LINES_PER_SECOND = 20.0
+LOG_BURST = 200
+#: Nicknames a new connection may have refused in a row before it is
+#: closed (a script, or another protocol, is talking).
+MAX_NICK_FAILURES = 10
 #: Environment variable that may hold the admin password.
 PASSWORD_ENV = "CHAT_ADMIN_PASSWORD"
 #: The web front-end's HTTP port (``--web-port``).
@@ -118,8 +155,12 @@ class ServerConfig:
         "TCP port; 0 picks a free one, named in the log"
         " (default %(default)s)", metavar="PORT", minimum=0)
     admin_password: str = _option(
-        "", f"password for -admin; else ${PASSWORD_ENV}; else a random one"
-            " is made and printed at start", metavar="PW")
+        "", f"password for -admin (visible in ps: prefer"
+            f" --admin-password-file or ${PASSWORD_ENV}); else a random one"
+            " is made and shown on the terminal only", metavar="PW")
+    admin_password_file: str = _option(
+        "", "read the admin password from the first line of FILE",
+        metavar="FILE")
     max_line: int = _option(
         protocol.MAX_LINE_BYTES,
         "longest line a user may send (default %(default)s)",
@@ -131,8 +172,9 @@ class ServerConfig:
         minimum=1)
     rate_limit: float = _option(
         DEFAULT_RATE_LIMIT,
-        "flood control: lines per second per connection on average;"
-        " 0 turns it off (default %(default)s)",
+        "flood control: lines per second per address (all its"
+        " connections together) on average; 0 turns all flood control"
+        " off (default %(default)s)",
         metavar="LINES_PER_SECOND", minimum=0)
     rate_burst: int = _option(
         DEFAULT_RATE_BURST,
@@ -141,6 +183,18 @@ class ServerConfig:
     max_clients: int = _option(
         DEFAULT_MAX_CLIENTS, "connections at once (default %(default)s)",
         metavar="N", minimum=1)
+    max_per_address: int = _option(
+        DEFAULT_MAX_PER_ADDRESS,
+        "connections one address may have at once; 0: no limit"
+        " (default %(default)s)", metavar="N", minimum=0)
+    connects_per_minute: int = _option(
+        DEFAULT_CONNECTS_PER_MINUTE,
+        "new connections one address may open a minute; 0: no limit"
+        " (default %(default)s)", metavar="N", minimum=0)
+    kick_ban_minutes: float = _option(
+        DEFAULT_KICK_BAN_MINUTES,
+        "minutes a kicked user's address may not connect again; 0: no"
+        " ban (default %(default)s)", metavar="MINUTES", minimum=0)
     register_timeout: float = _option(
         DEFAULT_REGISTER_TIMEOUT,
         "time a new connection has to choose a nickname"

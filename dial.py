@@ -115,6 +115,14 @@ def start_tls(sock: socket.socket, host: str, where: str,
             pass
         raise OSError(_certificate_problem(error, where, cafile)) from None
     except ssl.SSLError as error:
+        said = b"".join(first).split(b"\n", 1)[0].decode(
+            protocol.ENCODING, "replace")
+        if said.startswith(protocol.ERROR):
+            # A TLS server refusing the connection before its handshake
+            # (full, too many from this address, a ban): its one line.
+            shown = "".join(char for char in said[len(protocol.ERROR):]
+                            if char.isprintable())
+            raise OSError(f"{where}: {shown[:200]}") from None
         if first and _looks_like_text(first[0]):
             reason = "the server answered in plain text"
             hint = " (it is not running with TLS: connect without --tls)"

@@ -6,7 +6,7 @@ no lock: every field is guarded by the room's lock (see room.py).
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, Union
 
 try:
     from typing import Protocol
@@ -38,11 +38,12 @@ class Link(Protocol):
         """End the connection once what is queued has been sent."""
 
 
-def host_of(address: Address) -> str:
-    """The host of an address, without the port: ``127.0.0.1``, ``::1``;
-    an IPv4 client of a dual-stack server (``::ffff:127.0.0.1``) is given
-    as IPv4, so that it is one host whichever way it came."""
-    host = address[0]
+def host_of(address: Union[Address, str]) -> str:
+    """The host of an address (or a host), without the port:
+    ``127.0.0.1``, ``::1``; an IPv4 client of a dual-stack server
+    (``::ffff:127.0.0.1``) is given as IPv4, so that it is one host
+    whichever way it came (and counted once, banned once)."""
+    host = address if isinstance(address, str) else address[0]
     if host.startswith("::ffff:") and "." in host:
         host = host[len("::ffff:"):]
     return host
@@ -69,6 +70,8 @@ class Member:
         self.is_admin = False
         self.admin_tries = 0
         self.close_reason = ""  # why the connection ended, for the log
+        self.refusals = 0       # lines refused, for the log's budget
+        self.nick_failures = 0  # nicknames refused in a row
         self.seat_id = ""       # with secret: the resume token
         self.secret = ""
         self.keep_until = 0.0   # DETACHED: when the seat is given up

@@ -1,14 +1,14 @@
-"""What admins decide about users, with no sockets and no lock of its own:
-the room (``room.py``) uses these with its lock held.
+"""Whom admins have muted, with no sockets and no lock of its own:
+the room (``room.py``) uses it with its lock held. (Bans are by address,
+so they live with the other per-address rules, in ``guard.py``.)
 
-* :class:`Sanctions`: who is muted or banned, by whom, why, and until
-  when; an entry lifts itself when its time is up.
+* :class:`Sanctions`: who is sanctioned, by whom, why, and until when; an
+  entry lifts itself when its time is up.
 
-A ban is kept by address (the host, without the port: a new connection
-comes from a new port) and refuses new connections from it; a mute is kept
-by nickname key (``protocol.nick_key``), so that leaving and joining again
-under the same name does not lift it. Simplification: a user who comes back
-muted under another nickname is not muted; an admin can ban them.
+A mute is kept by nickname key (``protocol.nick_key``), so that leaving and
+joining again under the same name does not lift it. Simplification: a user
+who comes back muted under another nickname is not muted; an admin can ban
+them.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Callable, Dict, List, NamedTuple, Optional
 
 
 class Sanction(NamedTuple):
-    """One mute or ban. ``until`` is on the sanctions' clock; None means
-    until an admin lifts it (or the server stops)."""
+    """One sanction (a mute). ``until`` is on the sanctions' clock; None
+    means until an admin lifts it (or the server stops)."""
 
-    key: str       # the banned host, or the muted nickname's key
+    key: str       # the muted nickname's key
     nick: str      # whom it was given to, as they were called
     admin: str     # who gave it
     reason: str
@@ -29,7 +29,7 @@ class Sanction(NamedTuple):
 
 
 class Sanctions:
-    """Mutes or bans, by key, each lifted by an admin or by time.
+    """Sanctions by key, each lifted by an admin or by time.
 
     ``clock`` is monotonic seconds (replaceable in tests).
     """

@@ -50,7 +50,9 @@ class Outbox:
     there); it is called by one thread at a time, in queue order. When
     more than ``limit`` bytes wait, the peer has stopped reading and the
     outbox ends itself. After :meth:`close`, the peer has ``grace``
-    seconds to take what is queued.
+    seconds to take what is queued; once it has, the bytes ``goodbye``
+    returns (TLS's close_notify) are offered to the socket, without
+    waiting, just before it is shut down.
 
     Lock discipline: ``_lock`` guards every field below it. No blocking
     call is made with it held (``socket.shutdown`` and non-blocking sends
@@ -60,10 +62,12 @@ class Outbox:
 
     def __init__(self, sock: socket.socket, limit: int,
                  encode: Optional[Callable[[bytes], bytes]] = None,
-                 grace: float = 2.0) -> None:
+                 grace: float = 2.0,
+                 goodbye: Optional[Callable[[], bytes]] = None) -> None:
         self._sock = sock
         self._limit = limit
         self._encode = encode
+        self._goodbye = goodbye
         self._grace = grace
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -153,7 +157,7 @@ class Outbox:
             if self._pending():
                 self._start_writer()
             else:
-                self._shut_down()
+                self._end()
 
     def wait_drained(self, timeout: float) -> bool:
         """Wait until all queued data has left (or the outbox has ended);
@@ -193,7 +197,7 @@ class Outbox:
     def _drained(self) -> None:
         """Everything queued has left."""
         if self.state == CLOSING:
-            self._shut_down()
+            self._end()
         self._wake.notify_all()
 
     def _start_writer(self) -> None:
@@ -207,6 +211,17 @@ class Outbox:
         if not self.failure:
             self.failure = reason
             self.failure_is_network = network
+        self._shut_down()
+
+    def _end(self) -> None:
+        """Everything was sent and the outbox is closing: say goodbye (a
+        non-blocking send of a few bytes into a drained socket), then shut
+        the socket down."""
+        if self._goodbye is not None:
+            try:
+                self._sock.send(self._goodbye(), _DONTWAIT)
+            except Exception:  # noqa: BLE001 - a goodbye is best effort
+                pass
         self._shut_down()
 
     def _shut_down(self) -> None:
@@ -231,7 +246,7 @@ class Outbox:
                 while self.state != DONE and (
                         self._sending or not (self._chunks or self._unsent)):
                     if self.state == CLOSING and not self._sending:
-                        self._shut_down()
+                        self._end()
                     else:
                         self._wake.wait(self._time_left())
                         if self._time_left() == 0.0:

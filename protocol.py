@@ -145,9 +145,11 @@ def decode_line(raw: bytes) -> str:
     """Decode one framed line, refusing what must not reach other users.
 
     A trailing ``\\r`` (telnet, Windows) is removed. Raises
-    :class:`ProtocolError` for invalid UTF-8 and for control characters
+    :class:`ProtocolError` for invalid UTF-8, for control characters
     (anything in C0, DEL or C1 but tab): they could drive another user's
-    terminal, so the server refuses them rather than pass them on.
+    terminal, so the server refuses them rather than pass them on; and for
+    bidirectional controls (U+202A-202E, U+2066-2069), which make text
+    show as something else.
     """
     if raw.endswith(b"\r"):
         raw = raw[:-1]
@@ -155,12 +157,43 @@ def decode_line(raw: bytes) -> str:
         text = raw.decode(ENCODING)
     except UnicodeDecodeError:
         raise ProtocolError("line is not valid UTF-8, dropped") from None
-    found = CONTROL_RE.search(text)
+    found = CONTROL_RE.search(text) or _BIDI_RE.search(text)
     if found:
         raise ProtocolError(
             "control characters are not allowed"
             f" (found U+{ord(found.group()):04X}), line dropped")
     return text
+
+
+# Bidirectional controls (embeddings, overrides, isolates) reorder what
+# follows them on the reader's screen: text could show as something else.
+_BIDI_RE = re.compile("[\u202a-\u202e\u2066-\u2069]")
+# Runs of white space, and characters that show as blank (fillers,
+# zero-width spaces): padding that could push text to a terminal row of
+# its own, where it would pass for a line of the server's.
+_FILLERS = "\u115f\u1160\u180e\u200b\u2060\u2800\u3164\ufeff\uffa0"
+_BLANK_RE = re.compile(f"[\\s{_FILLERS}]{{2,}}|[{_FILLERS}]")
+
+
+def clean_text(text: str) -> str:
+    """User text as it may reach others: every run of white space and
+    every blank-looking character (fillers, zero-width spaces) is one
+    space, so no padding can start a fresh terminal row. Every
+    ``format_*`` that carries user text uses it."""
+    return _BLANK_RE.sub(" ", text)
+
+
+def log_safe(text: str, limit: int = 200) -> str:
+    """User text fit for a log line: at most ``limit`` characters, and
+    anything that is not printable (controls, format characters) shown
+    as an escape, so a log viewer shows what was sent."""
+    out = []
+    for char in text[:limit]:
+        if char.isprintable() and unicodedata.category(char) != "Cf":
+            out.append(char)
+        else:
+            out.append(f"\\u{ord(char):04x}")
+    return "".join(out) + ("..." if len(text) > limit else "")
 
 
 def encode_line(text: str) -> bytes:
@@ -171,12 +204,63 @@ def encode_line(text: str) -> bytes:
 # --- Nicknames ---------------------------------------------------------------
 
 
+#: Nicknames nobody may take (nor anything that looks like one of them,
+#: with digits or ``_ - .`` added): they would pass for the server.
+RESERVED_NICKS = ("admin", "administrator", "server", "root", "system",
+                  "moderator", "chat")
+
+# Characters that render as nothing (Unicode's default-ignorable code
+# points that are letters or marks; the format characters among them are
+# refused as control characters anyway), and the blank-looking fillers.
+_INVISIBLE_RE = re.compile(
+    "[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u3164"
+    "\ufe00-\ufe0f\uffa0\U000e0100-\U000e01ef]")
+#: Combining marks allowed on one letter (more stack into other rows).
+_MAX_MARKS = 3
+# Scripts that are written together: Japanese mixes kanji and kana,
+# Korean may mix hangul and hanja.
+_SCRIPT_GROUPS = {"CJK": "HAN", "HIRAGANA": "HAN", "KATAKANA": "HAN",
+                  "KATAKANA-HIRAGANA": "HAN", "HANGUL": "HAN",
+                  "IDEOGRAPHIC": "HAN"}
+# The look-alike skeleton: letters of other scripts (after NFKC and
+# casefold) that pass for a Latin one, and Latin letters and digits that
+# pass for each other, mapped to one form. Two nicknames with the same
+# skeleton look the same to a reader, so only one may be online.
+_SKELETON = str.maketrans({
+    # Cyrillic
+    "а": "a", "в": "b", "г": "r", "е": "e", "ё": "ë", "з": "3", "і": "l",
+    "ї": "ï", "ј": "j", "к": "k", "м": "m", "н": "h", "о": "o", "п": "n",
+    "р": "p", "с": "c", "т": "t", "у": "y", "х": "x", "ѕ": "s", "һ": "h",
+    "ԁ": "d", "ԛ": "q", "ԝ": "w", "ӏ": "l", "ь": "b", "ү": "y",
+    # Greek
+    "α": "a", "β": "b", "γ": "y", "ε": "e", "ζ": "z", "η": "n", "ι": "l",
+    "κ": "k", "ν": "v", "ο": "o", "ρ": "p", "τ": "t", "υ": "u", "χ": "x",
+    "ω": "w", "μ": "u",
+    # Latin and digits: i, l, I and 1 are one stroke; 0 is o
+    "i": "l", "ı": "l", "1": "l", "0": "o", "ɡ": "g", "ɑ": "a",
+})
+_SKELETON_PAIRS = (("rn", "m"), ("vv", "w"))
+
+
+def _script(char: str) -> str:
+    """The script of a letter, from its Unicode name (``LATIN SMALL
+    LETTER A`` is LATIN), with scripts written together grouped."""
+    try:
+        first = unicodedata.name(char).split()[0]
+    except ValueError:
+        return "?"
+    return _SCRIPT_GROUPS.get(first, first)
+
+
 def nick_error(nick: str) -> Optional[str]:
     """Why ``nick`` is not a valid nickname, or None when it is.
 
-    Valid: 1-20 characters, each a letter of any script (with its combining
-    marks), a decimal digit, or one of ``_ - .``; not starting with ``-``,
-    which would read as a command.
+    Valid: 1-20 characters, each a letter of any script (with up to three
+    combining marks), a decimal digit, or one of ``_ - .``; not starting
+    with ``-``, which would read as a command; no invisible characters
+    (variation selectors, fillers); letters of one script only (``Анна``
+    or ``anna``, not ``аnna`` with a Cyrillic ``а``); and not a reserved
+    name (:data:`RESERVED_NICKS`) or one that looks like it.
     """
     if not nick:
         return "a nickname cannot be empty"
@@ -184,11 +268,19 @@ def nick_error(nick: str) -> Optional[str]:
         return f"a nickname can have at most {NICK_MAX_CHARS} characters"
     if nick.startswith("-"):
         return "a nickname cannot start with '-'"
+    marks = 0
     for index, char in enumerate(nick):
         category = unicodedata.category(char)
-        if category[0] == "L" or category == "Nd" or char in NICK_PUNCTUATION:
-            continue
+        if _INVISIBLE_RE.match(char):
+            return ("a nickname cannot contain invisible characters"
+                    f" (U+{ord(char):04X})")
         if category[0] == "M" and index > 0:
+            marks += 1
+            if marks > _MAX_MARKS:
+                return "a nickname cannot stack so many accents"
+            continue
+        marks = 0
+        if category[0] == "L" or category == "Nd" or char in NICK_PUNCTUATION:
             continue
         if char.isspace():
             return "a nickname cannot contain spaces"
@@ -196,13 +288,36 @@ def nick_error(nick: str) -> Optional[str]:
             return "a nickname cannot contain control characters"
         return (f"a nickname cannot contain {char!r}; use letters, digits"
                 f" and {' '.join(NICK_PUNCTUATION)}")
+    normal = unicodedata.normalize("NFKC", nick)
+    scripts = sorted({_script(char) for char in normal
+                      if unicodedata.category(char)[0] == "L"})
+    if len(scripts) > 1:
+        names = " and ".join(script.title() for script in scripts[:2])
+        return (f"a nickname cannot mix scripts ({names}): it could pass"
+                " for another")
+    # Digits and punctuation around a reserved name (``root_``, ``admin1``:
+    # 1 is l and 0 is o in the skeleton) do not make it another name.
+    if nick_key(nick).strip(NICK_PUNCTUATION + "0123456789lo") \
+            in _RESERVED_KEYS:
+        return "that name is reserved"
     return None
 
 
 def nick_key(nick: str) -> str:
-    """The form under which nicknames are compared: case is ignored, and
-    composed and decomposed letters count as the same."""
-    return unicodedata.normalize("NFC", nick).casefold()
+    """The form under which nicknames are compared (the registry's key):
+    NFKC, so fullwidth and mathematical letters are the plain ones; case
+    ignored (casefold); and the look-alike skeleton, so ``аlice`` with a
+    Cyrillic ``а``, ``ALICE``, ``a1ice`` and ``ａｌｉｃｅ`` are all
+    ``alice``. Nicknames with one key cannot be online at once."""
+    folded = unicodedata.normalize(
+        "NFKC", unicodedata.normalize("NFKC", nick).casefold())
+    key = folded.translate(_SKELETON)
+    for pair, one in _SKELETON_PAIRS:
+        key = key.replace(pair, one)
+    return key
+
+
+_RESERVED_KEYS = frozenset(nick_key(name) for name in RESERVED_NICKS)
 
 
 # --- Commands ----------------------------------------------------------------
@@ -360,9 +475,29 @@ _BY_PHRASE = {spec.flag: spec for spec in COMMANDS
               if " " in spec.flag and not spec.flag.startswith("-")}
 _SAY = COMMANDS_BY_NAME["say"]
 
+#: Commands whose argument is a secret (``-admin PASSWORD``).
+_SECRET_FLAGS = tuple(spec.flag for spec in COMMANDS
+                      if spec.argument == SECRET)
+
+
+def _secret_spec(line: str) -> Optional[CommandSpec]:
+    """The row of a secret command for a line whose first word, after
+    any leading white space, starts with its flag: `` -admin PW`` and the
+    typos ``-adminPW`` or ``-admin:PW`` must never be said to everyone,
+    nor logged as an unknown command."""
+    word = _split_word(line)[0].lower()
+    for flag in _SECRET_FLAGS:
+        if word.startswith(flag):
+            return _BY_FLAG[flag]
+    return None
+
+
 def command_spec(line: str) -> Optional[CommandSpec]:
     """The row of the command a line is, without checking its arguments;
     None for a line starting with an unknown flag."""
+    secret = _secret_spec(line)
+    if secret is not None:
+        return secret
     if not line.startswith("-"):
         return _BY_PHRASE.get(" ".join(line.split()).lower(), _SAY)
     return _BY_FLAG.get(_split_word(line)[0].lower())
@@ -378,6 +513,12 @@ def parse_command(line: str) -> Command:
     argument.
     """
     spec = command_spec(line)
+    if spec is not None and spec.argument == SECRET:
+        word, rest = _split_word(line)
+        if word.lower() != spec.flag or not rest:
+            # Not sent on, and not a try: the user sees how to type it.
+            raise CommandError(f"usage: {spec.help[0][0]}")
+        return Command(spec.name, target=rest)
     if spec is None:
         flag = _split_word(line)[0].lower()
         raise CommandError(
@@ -426,13 +567,14 @@ PRIVATE = "[private] "
 
 
 def format_message(nick: str, text: str) -> str:
-    """A public message: ``alice: hello``."""
-    return f"{nick}: {text}"
+    """A public message: ``alice: hello`` (its text cleaned:
+    :func:`clean_text`)."""
+    return f"{nick}: {clean_text(text)}"
 
 
 def format_private(nick: str, text: str) -> str:
     """A private message, as its receiver sees it."""
-    return f"{PRIVATE}{nick}: {text}"
+    return f"{PRIVATE}{nick}: {clean_text(text)}"
 
 
 #: Starts the copy of a private line its sender gets: ``-> bob: hi``.
@@ -442,7 +584,7 @@ SENT = "-> "
 def format_private_sent(nick: str, text: str) -> str:
     """Confirms a private line to its sender: ``-> bob: hi`` (the line
     went to ``nick``; an error comes instead when it did not)."""
-    return f"{SENT}{nick}: {text}"
+    return f"{SENT}{nick}: {clean_text(text)}"
 
 
 def format_notice(text: str) -> str:
@@ -605,12 +747,32 @@ def format_admin_granted() -> str:
     return format_notice("You are now an admin.")
 
 
-def format_admin_refused(tries_left: int) -> str:
+def format_admin_refused(tries_left: int, wait: float = 0.0) -> str:
+    """A wrong password; ``wait``: seconds before the address may try
+    again."""
+    later = f"; your address may try again in {_seconds(wait)}" \
+        if wait > 0 else ""
     if tries_left <= 0:
         return format_error(
-            "wrong admin password; no more tries on this connection")
+            f"wrong admin password; no more tries on this connection{later}")
     tries = "1 try" if tries_left == 1 else f"{tries_left} tries"
-    return format_error(f"wrong admin password ({tries} left)")
+    return format_error(f"wrong admin password ({tries} left){later}")
+
+
+def format_admin_wait(wait: float) -> str:
+    """Too many wrong passwords from this address: not even checked."""
+    return format_error("too many wrong admin passwords from your address;"
+                        f" try again in {_seconds(wait)}")
+
+
+def _seconds(wait: float) -> str:
+    whole = max(1, int(wait + 0.999))
+    return f"{whole} s" if whole < 120 else f"{(whole + 59) // 60} min"
+
+
+def format_refused(reason: str) -> str:
+    """The one line a connection the server will not take gets."""
+    return format_error(f"connection refused: {reason}")
 
 
 def format_admin_locked() -> str:
@@ -623,13 +785,13 @@ def format_admin_only(what: str) -> str:
 
 def format_kicked(nick: str, admin: str, reason: str = "") -> str:
     """Told to everyone else when ``nick`` is kicked."""
-    why = f": {reason}" if reason else ""
+    why = f": {clean_text(reason)}" if reason else ""
     return format_notice(f"{nick} was kicked by {admin}{why}")
 
 
 def format_you_were_kicked(admin: str, reason: str = "") -> str:
     """Told to the user being kicked, just before the connection closes."""
-    why = f": {reason}" if reason else ""
+    why = f": {clean_text(reason)}" if reason else ""
     return format_error(f"you were kicked by {admin}{why}")
 
 
@@ -656,7 +818,7 @@ def action_error(text: str) -> Optional[str]:
 
 def format_action(nick: str, text: str, private: bool = False) -> str:
     """``-me waves``: ``* alice waves``; to a partner, marked private."""
-    line = format_notice(f"{nick} {text}")
+    line = format_notice(f"{nick} {clean_text(text)}")
     return PRIVATE + line if private else line
 
 
@@ -671,8 +833,8 @@ def format_you_are_now(nick: str) -> str:
 
 
 def format_away(reason: str) -> str:
-    return format_notice(f"You are marked away ({reason}). -back, or any"
-                         " line you send, clears it.")
+    return format_notice(f"You are marked away ({clean_text(reason)})."
+                         " -back, or any line you send, clears it.")
 
 
 def format_not_away() -> str:
@@ -682,13 +844,13 @@ def format_not_away() -> str:
 def format_is_away(nick: str, reason: str) -> str:
     """Told to whoever sends a private line to an away user (the line is
     delivered all the same)."""
-    return format_notice(f"{nick} is away: {reason}")
+    return format_notice(f"{nick} is away: {clean_text(reason)}")
 
 
 def format_whois(nick: str, facts: Sequence[str]) -> str:
     """``-whois NICK``: ``* alice: joined 14:02 (5 min ago), ...``, the
     time on the server's clock."""
-    return format_notice(f"{nick}: {', '.join(facts)}")
+    return format_notice(f"{nick}: {clean_text(', '.join(facts))}")
 
 
 def format_duration(seconds: float, left: bool = False) -> str:
@@ -758,23 +920,24 @@ def format_you_were_unmuted(admin: str) -> str:
 def format_banned(nick: str, admin: str, minutes: Optional[float],
                   reason: str = "") -> str:
     """Told to everyone else when an admin bans ``nick``."""
-    why = f": {reason}" if reason else ""
+    why = f": {clean_text(reason)}" if reason else ""
     return format_notice(f"{nick} was banned by {admin}{_for(minutes)}{why}")
 
 
 def format_you_were_banned(admin: str, minutes: Optional[float],
                            reason: str = "") -> str:
-    why = f": {reason}" if reason else ""
+    why = f": {clean_text(reason)}" if reason else ""
     return format_error(f"you were banned by {admin}{_for(minutes)}{why}")
 
 
-def format_refused_banned(seconds_left: Optional[float],
-                          reason: str = "") -> str:
-    """The one line a connection from a banned address gets."""
-    why = f" ({reason})" if reason else ""
+def banned_address(seconds_left: Optional[float], reason: str = "") -> str:
+    """Why a connection from a banned address is refused (for
+    :func:`format_refused`): ``your address is banned from this server
+    (spam) for 5 more min``."""
+    why = f" ({clean_text(reason)})" if reason else ""
     left = ("" if seconds_left is None
-            else f"; try again in {format_duration(seconds_left, True)}")
-    return format_error(f"this address is banned from the chat{why}{left}")
+            else f" for {format_duration(seconds_left, True)} more")
+    return f"your address is banned from this server{why}{left}"
 
 
 def format_ban_entry(host: str, nick: str, admin: str, reason: str,
@@ -782,7 +945,7 @@ def format_ban_entry(host: str, nick: str, admin: str, reason: str,
     """One line of ``-bans``."""
     left = ("until -unban" if seconds_left is None
             else f"{format_duration(seconds_left, left=True)} left")
-    why = f": {reason}" if reason else ""
+    why = f": {clean_text(reason)}" if reason else ""
     return format_notice(f"  {host} ({nick}, by {admin}, {left}){why}")
 
 
@@ -821,6 +984,26 @@ def format_tls_required() -> str:
     server."""
     return format_error("this server uses TLS; connect with a TLS client"
                         " (client.py --tls)")
+
+
+_HTTP_RE = re.compile(
+    r"(?:GET|POST|HEAD|PUT|DELETE|OPTIONS|PATCH|TRACE|CONNECT|PRI) \S+"
+    r" HTTP/\d(?:\.\d)?", re.IGNORECASE)
+
+
+def is_http_request(line: str) -> bool:
+    """True for an HTTP request line (``POST /form HTTP/1.1``): another
+    protocol is talking to the chat's port."""
+    return _HTTP_RE.fullmatch(line.strip()) is not None
+
+
+def format_not_http() -> str:
+    return format_error("this is a chat server, not a web server: connect"
+                        " with client.py or nc")
+
+
+def format_too_many_nicks() -> str:
+    return format_error("too many refused nicknames in a row; disconnecting")
 
 
 def format_register_timeout() -> str:

@@ -48,6 +48,7 @@ from typing import (Callable, Deque, Dict, Iterator, List, Optional, Sequence,
                     Set, Tuple)
 
 import config
+import guard
 import memory
 import protocol
 from commands import Commands
@@ -85,6 +86,9 @@ class Room(Commands):
         self._clock = clock
         self._wall_clock = wall_clock
         self._password = settings.admin_password.encode(protocol.ENCODING)
+        #: What each address may do (connections, floods, passwords, bans);
+        #: the front-end asks it before a connection reaches the room.
+        self.guard = guard.Guard(settings, clock)
         self._lock = threading.Lock()
         self._members: Set[Member] = set()      # every connection's member
         self._nicks: Dict[Address, str] = {}    # the registry
@@ -94,13 +98,17 @@ class Room(Commands):
         # the grace is the same for all, so the oldest comes first.
         self._detached: Deque[Tuple[float, Member]] = deque()
         self._events: List[Tuple[str, str]] = []  # batched joins, departures
+        # Joins and departures of addresses past their notice budget (a
+        # host connecting and leaving in a loop): told once a second, in
+        # at most two lines, by tick().
+        self._quiet_joined: List[str] = []
+        self._quiet_left: List[str] = []
         self._touched: Set[Link] = set()        # links to flush
         self._history = memory.History(settings.history_keep,
                                        config.MAX_HISTORY_REPLAY_BYTES,
                                        wall_clock)
         self._motd = list(motd)
-        self._mutes = Sanctions(clock)   # by nick_key
-        self._bans = Sanctions(clock)    # by host
+        self._mutes = Sanctions(clock)   # by nick_key; bans: self.guard
         self._closed = False
 
     # -- What the front-end calls
@@ -112,10 +120,13 @@ class Room(Commands):
         with self._locked():
             if self._closed:
                 return None
-            ban = self._bans.find(host_of(address))
+            # The front-end's guard.admit() refused it already, if it
+            # asked; a front-end that did not is covered here.
+            ban = self.guard.banned(host_of(address))
             if ban is not None:
-                link.put(protocol.encode_line(protocol.format_refused_banned(
-                    self._bans.seconds_left(ban), ban.reason)), last=True)
+                link.put(protocol.encode_line(protocol.format_refused(
+                    protocol.banned_address(self.guard.ban_left(ban),
+                                            ban.reason))), last=True)
                 self._touched.add(link)
                 link.close()
             else:
@@ -177,6 +188,9 @@ class Room(Commands):
                     self._leave(member)
                 member.state = GONE
         why = f": {member.close_reason}" if member.close_reason else ""
+        unlogged = member.refusals - config.LOG_REFUSALS_PER_CONNECTION
+        if unlogged > 0:
+            why += f" ({unlogged} more refused lines, not logged)"
         if kept:
             log.info("%s (%s) lost connection%s; seat kept %g s",
                      member.nick, member.name, why,
@@ -202,6 +216,7 @@ class Room(Commands):
         """Give up the seats kept too long, and send the batched
         announcements (the front-end calls this every
         ``config.ANNOUNCE_INTERVAL`` seconds)."""
+        self.guard.tidy()
         with self._locked():
             now = self._clock()
             while self._detached and self._detached[0][0] <= now:
@@ -214,6 +229,7 @@ class Room(Commands):
                     log.info("%s (%s) left: %s", seat.nick, seat.name,
                              seat.close_reason)
             self._send_events()
+            self._send_quiet_events()
 
     def shut_down(self, reason: str = "") -> List[Member]:
         """Give every connection the shutdown notice, after what was already
@@ -301,16 +317,21 @@ class Room(Commands):
         if self._transcript is not None:
             self._transcript(stamp, text)
 
-    def _refuse(self, member: Member, error: str) -> None:
-        """Send an error line to ``member``, and log it once."""
-        log.info("%s (%s): %s", member.nick or "-", member.name,
-                 error[len(protocol.ERROR):])
+    def _refuse(self, member: Member, error: str, logged: str = "") -> None:
+        """Send an error line to ``member``, and log it (or ``logged``,
+        when the error quotes what the user typed) once: the first
+        ``config.LOG_REFUSALS_PER_CONNECTION`` of a connection, then only
+        counted, the count logged when it ends."""
+        member.refusals += 1
+        if member.refusals <= config.LOG_REFUSALS_PER_CONNECTION:
+            log.info("%s (%s): %s", member.nick or "-", member.name,
+                     logged or error[len(protocol.ERROR):])
         self._send(member, error)
 
     def _decode(self, member: Member, frame: Frame) -> Optional[str]:
         """The frame's text, or None after telling the member what was
         wrong with it."""
-        if frame is protocol.OVERLONG:
+        if not self._fits(frame):
             self._refuse(member, protocol.format_line_too_long(
                 self.settings.max_line))
             return None
@@ -319,6 +340,17 @@ class Room(Commands):
         except protocol.ProtocolError as error:
             self._refuse(member, protocol.format_error(str(error)))
             return None
+
+    def _fits(self, frame: Frame) -> bool:
+        """Whether a frame is a line within ``--max-line`` bytes, not
+        counting the ``\r`` of a line that ended in ``\r\n`` (the
+        front-end frames with one byte to spare for it)."""
+        if frame is protocol.OVERLONG:
+            return False
+        size = len(frame)  # type: ignore[arg-type]
+        return size <= self.settings.max_line or (
+            size == self.settings.max_line + 1
+            and frame.endswith(b"\r"))  # type: ignore[union-attr]
 
     # -- Joining
 
@@ -330,10 +362,16 @@ class Room(Commands):
             member.state = GONE
             member.link.close()
             return member
+        if nick is not None and protocol.is_http_request(nick):
+            # A browser, or a form posted to the port: its body must not
+            # become a chat session.
+            self._cut(member, protocol.format_not_http(), "HTTP request")
+            return member
         if nick and nick.split(None, 1)[0].lower() == "-resume":
             seat = self._resume(member, (nick.split(None, 1) + [""])[1])
             if seat is not None:
                 return seat
+            member.nick_failures += 1
         elif nick:
             reason = protocol.nick_error(nick)
             if reason is None and protocol.nick_key(nick) in self._by_key:
@@ -342,13 +380,25 @@ class Room(Commands):
                 self._join(member, nick)
                 return member
             self._refuse_nick(member, nick, reason)
+        if member.nick_failures >= config.MAX_NICK_FAILURES:
+            # Whatever is talking, it is not someone choosing a nickname.
+            self._cut(member, protocol.format_too_many_nicks(),
+                      "too many refused nicknames")
+            return member
         self._send(member, protocol.format_nick_prompt())
         return member
+
+    def _cut(self, member: Member, farewell: str, why: str) -> None:
+        """Close a joining connection at once, with one last line."""
+        member.state = GONE
+        member.close_reason = why
+        self._send(member, farewell, last=True)
+        member.link.close()
 
     def _nick_from(self, member: Member, frame: Frame) -> Optional[str]:
         """The nickname a frame offers, or None after saying why it cannot
         be one."""
-        if frame is protocol.OVERLONG:
+        if not self._fits(frame):
             self._refuse_nick(member, "…", "it is far too long")
             return None
         try:
@@ -362,7 +412,10 @@ class Room(Commands):
     def _refuse_nick(self, member: Member, nick: str, reason: str) -> None:
         # The log gets the reason only: people type all sorts of things at
         # a nickname prompt, passwords included.
-        log.info("%s: nickname refused: %s", member.name, reason)
+        member.nick_failures += 1
+        member.refusals += 1
+        if member.refusals <= config.LOG_REFUSALS_PER_CONNECTION:
+            log.info("%s: nickname refused: %s", member.name, reason)
         self._send(member, protocol.format_nick_refused(nick, reason))
 
     def _join(self, member: Member, nick: str) -> None:
@@ -388,7 +441,7 @@ class Room(Commands):
         if replay:
             self._send(member, *replay)
         log.info("%s registered as %s", member.name, nick)
-        self._announce("joined", nick, exclude=member)
+        self._announce("joined", nick, exclude=member, by=member)
 
     def _greet(self, member: Member, welcome: str) -> None:
         """The welcome, the commands, and who is here (the first names)."""
@@ -434,7 +487,7 @@ class Room(Commands):
     def _leave(self, member: Member) -> None:
         """Take a member out of the room for good, and tell the others."""
         self._remove(member)
-        self._announce("left", member.nick)
+        self._announce("left", member.nick, by=member)
 
     def _remove(self, member: Member) -> None:
         """Take a member out of the registry (its nickname is free)."""
@@ -510,20 +563,36 @@ class Room(Commands):
         """Tell the others about ``member``'s connection (lost, back): in
         a small room only; a large one is not told of every blip. Not in
         the history: it is not part of the conversation."""
-        if len(self._by_key) <= self.settings.announce_limit:
+        if len(self._by_key) <= self.settings.announce_limit and \
+                self.guard.may_announce(host_of(member.address)):
             self._send_events()  # what is batched happened first
             self._broadcast(text, exclude=member)
 
     # -- Announcing joins and departures
 
     def _announce(self, kind: str, nick: str,
-                  exclude: Optional[Member] = None) -> None:
+                  exclude: Optional[Member] = None,
+                  by: Optional[Member] = None) -> None:
         """Tell everyone that ``nick`` joined or left: at once in a small
         room; in a large one (more than ``announce_limit`` users, where
         a room filling up would send N*N/2 lines) batched, by :meth:`tick`.
+        A member (``by``) whose address has used its notice budget is
+        told of in the once-a-second summary instead, whatever the size
+        of the room: one host joining and leaving in a loop makes at most
+        two lines a second for everyone.
         """
         if self._closed:
             return
+        if kind == "left" and nick in self._quiet_joined:
+            self._quiet_joined.remove(nick)  # came and went unseen
+            return
+        if by is not None and not self.guard.may_announce(
+                host_of(by.address)):
+            (self._quiet_joined if kind == "joined"
+             else self._quiet_left).append(nick)
+            return
+        if kind == "joined" and nick in self._quiet_left:
+            self._send_quiet_events()  # its departure came first
         # After a departure the registry no longer counts the one who left.
         size = len(self._by_key) + (kind == "left")
         if size > self.settings.announce_limit:
@@ -552,6 +621,18 @@ class Room(Commands):
             self._record(line, history=False)
             start = end
         events.clear()
+
+    def _send_quiet_events(self) -> None:
+        """Send the joins and departures held back from churning
+        addresses: one line for those who left, one for those who came."""
+        for nicks, make in ((self._quiet_left, protocol.format_left_many),
+                            (self._quiet_joined,
+                             protocol.format_joined_many)):
+            if nicks:
+                line = make(nicks)
+                self._broadcast(line)
+                self._record(line, history=False)
+                nicks.clear()
 
     # -- Closing
 

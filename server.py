@@ -4,9 +4,10 @@ Run ``python3 server.py --help`` for the options (they are the fields of
 ``config.ServerConfig``). The server is a ``socketserver.ThreadingTCPServer``:
 each connection gets a thread (:class:`ChatHandler`) that does the TLS
 handshake if there is one, reads lines and hands them to the room, pacing
-its reading for flood control. What the room sends to a connection goes
-through the connection's ``outbox.Outbox``, so a user who stops reading
-never blocks the others. The rules of the chat (nicknames, commands, who
+its reading for flood control (``guard.py`` keeps what each address may
+do). What the room sends to a connection goes through the connection's
+``outbox.Outbox``, so a user who stops reading never blocks the
+others. The rules of the chat (nicknames, commands, who
 hears what) are all in the room; sockets and TLS in ``transport.py``.
 
 In-process use (tests)::
@@ -20,6 +21,8 @@ In-process use (tests)::
 from __future__ import annotations
 
 import dataclasses
+import heapq
+import itertools
 import logging
 import os
 import re
@@ -29,12 +32,13 @@ import socket
 import socketserver
 import ssl
 import sys
+import tempfile
 import threading
 import time
-from collections import deque
-from typing import Deque, Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import config
+import guard
 import protocol
 import transport
 import web
@@ -60,39 +64,14 @@ ACCEPT_POLL_SECONDS = 0.05
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 
-class TokenBucket:
-    """Flood control: ``rate`` lines a second on average, ``burst`` at once.
-
-    :meth:`delay` says how long to wait before the next line may be read;
-    the reader sleeps that long without reading, so TCP slows the sender
-    down and nothing is dropped. A rate of 0 turns the bucket off.
-    """
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.burst = max(1, burst)
-        self._tokens = float(self.burst)
-        self._stamp = time.monotonic()
-
-    def delay(self) -> float:
-        """Take a token; return the seconds to wait before using it."""
-        if self.rate <= 0:
-            return 0.0
-        now = time.monotonic()
-        self._tokens = min(self.burst,
-                           self._tokens + (now - self._stamp) * self.rate)
-        self._stamp = now
-        self._tokens -= 1
-        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
-
-
 class Housekeeper:
     """One thread for the server's timed chores: it tells the room when a
     member's time to choose a nickname is up, and ticks the room's batched
     announcements every ``config.ANNOUNCE_INTERVAL``.
 
-    Every connection gets the same time to register, so deadlines come in
-    the order connections do: they wait in a queue, front first. (A socket
+    Every connection gets the same time to register, counted from when it
+    was accepted (a TLS handshake spends it too); handshakes end in any
+    order, so the deadlines wait in a heap, soonest first. (A socket
     timeout would also do, but while one is set, every send on that socket
     first waits until the socket is writable, and the outbox's sends must
     never wait.)
@@ -101,7 +80,8 @@ class Housekeeper:
     def __init__(self, room: Room, register_timeout: float) -> None:
         self._room = room
         self._timeout = register_timeout
-        self._queue: Deque[Tuple[float, Member]] = deque()
+        self._queue: List[Tuple[float, int, Member]] = []
+        self._count = itertools.count()  # ties go in arrival order
         self._wake = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._loop,
@@ -110,11 +90,15 @@ class Housekeeper:
     def start(self) -> None:
         self._thread.start()
 
-    def watch(self, member: Member) -> None:
-        """Start ``member``'s time to register."""
+    def watch(self, member: Member,
+              since: Optional[float] = None) -> None:
+        """Give ``member`` until ``since`` (a ``time.monotonic()``, by
+        default now) plus the registration time to choose a nickname."""
+        start = time.monotonic() if since is None else since
+        entry = (start + self._timeout, next(self._count), member)
         with self._wake:
-            self._queue.append((time.monotonic() + self._timeout, member))
-            if len(self._queue) == 1:
+            heapq.heappush(self._queue, entry)
+            if self._queue[0] is entry:
                 self._wake.notify()
 
     def stop(self) -> None:
@@ -131,7 +115,7 @@ class Housekeeper:
                     return
                 now = time.monotonic()
                 while self._queue and self._queue[0][0] <= now:
-                    due.append(self._queue.popleft()[1])
+                    due.append(heapq.heappop(self._queue)[2])
                 wake_at = next_tick
                 if self._queue:
                     wake_at = min(wake_at, self._queue[0][0])
@@ -157,6 +141,9 @@ class ChatHandler(socketserver.BaseRequestHandler):
 
     def setup(self) -> None:
         settings = self.server.config
+        # One deadline from here covers the TLS handshake and choosing a
+        # nickname: a byte now and then cannot stretch either.
+        self.accepted = time.monotonic()
         self.sock: socket.socket = self.request
         transport.configure_socket(self.sock)
         context = self.server.tls_context
@@ -164,9 +151,16 @@ class ChatHandler(socketserver.BaseRequestHandler):
                     if context else None)
         self.outbox = Outbox(self.sock, settings.outbox_limit,
                              self.tls.encrypt if self.tls else None,
-                             grace=config.CLOSE_GRACE_SECONDS)
-        self.decoder = transport.LineDecoder(self.tls, settings.max_line)
-        self.bucket = TokenBucket(settings.rate_limit, settings.rate_burst)
+                             grace=config.CLOSE_GRACE_SECONDS,
+                             goodbye=self.tls.close_notify if self.tls
+                             else None)
+        # One byte more than a line may have: room for the "\r" of a line
+        # ending in "\r\n", which the room does not count (Room._fits).
+        self.decoder = transport.LineDecoder(self.tls, settings.max_line + 1)
+        # Shared by every connection from the address: ten connections
+        # flood no faster than one.
+        self.bucket = self.server.room.guard.bucket(
+            guard.host_of(self.client_address))
         self.read_error = ""
         self.cut = False  # the server ended the connection, not the network
 
@@ -179,7 +173,7 @@ class ChatHandler(socketserver.BaseRequestHandler):
         member = room.connect(self.outbox, self.client_address)
         if member is None:
             return  # the server is stopping
-        self.server.housekeeper.watch(member)
+        self.server.housekeeper.watch(member, self.accepted)
         farewell = ""
         try:
             for frames in self.bursts():
@@ -219,8 +213,10 @@ class ChatHandler(socketserver.BaseRequestHandler):
         slow or broken one holds up nobody else."""
         name = format_address(self.client_address)
         try:
-            transport.handshake(self.sock, self.tls,
-                                config.TLS_HANDSHAKE_SECONDS)
+            transport.handshake(self.sock, self.tls, min(
+                config.TLS_HANDSHAKE_SECONDS,
+                self.accepted + self.server.config.register_timeout
+                - time.monotonic()))
             return True
         except OSError as error:  # ssl.SSLError, timeout, reset, closed
             log.info("%s: TLS handshake failed: %s", name, error)
@@ -381,9 +377,10 @@ class ChatServer(socketserver.ThreadingTCPServer):
 
     def log_listening(self) -> None:
         log.info("listening on %s%s", format_address(self.server_address),
-                 " (TLS)" if self.tls_context else "")
+                 " (TLS)" if self.tls_context else "",
+                 extra={"always": True})
         if self.web is not None:
-            log.info("%s", self.web.describe())
+            log.info("%s", self.web.describe(), extra={"always": True})
 
     def stop(self, reason: str = "") -> None:
         """Stop accepting, give every user the shutdown notice after what
@@ -397,7 +394,8 @@ class ChatServer(socketserver.ThreadingTCPServer):
         if not first_call:
             self._stopped.wait(config.CLOSE_GRACE_SECONDS * 2)
             return
-        log.info("shutting down%s", f" ({reason})" if reason else "")
+        log.info("shutting down%s", f" ({reason})" if reason else "",
+                 extra={"always": True})
         deadline = time.monotonic() + config.CLOSE_GRACE_SECONDS
         if self._serving:
             self.shutdown()  # returns once serve_forever has stopped
@@ -410,7 +408,8 @@ class ChatServer(socketserver.ThreadingTCPServer):
             member.link.wait_drained(max(0.0, deadline - time.monotonic()))
         if self.exits_after_stop:
             log.info("stopped; %d connection%s close as the process exits",
-                     len(members), "" if len(members) == 1 else "s")
+                     len(members), "" if len(members) == 1 else "s",
+                     extra={"always": True})
         else:
             for member in members:
                 member.link.close()
@@ -419,7 +418,7 @@ class ChatServer(socketserver.ThreadingTCPServer):
                 self._all_closed.wait_for(
                     lambda: self._connection_count == 0,
                     max(0.0, deadline - time.monotonic()))
-            log.info("stopped")
+            log.info("stopped", extra={"always": True})
         if self.transcript is not None:
             self.transcript.close()
         self._stopped.set()
@@ -448,24 +447,39 @@ class ChatServer(socketserver.ThreadingTCPServer):
         if full:
             log.warning("%s: refused, server full",
                         format_address(client_address))
-            try:
-                request.send(protocol.encode_line(protocol.format_server_full(
-                    self.config.max_clients)), _DONTWAIT)
-            except OSError:
-                pass
-            self.shutdown_request(request)
+            self._refuse(request, protocol.format_server_full(
+                self.config.max_clients))
+            return
+        # Then what this one address may have: a host cannot take every
+        # seat, reconnect in a loop, or come back straight after a kick.
+        host = guard.host_of(client_address)
+        why = self.room.guard.admit(host)
+        if why is not None:
+            self._count_out()
+            log.info("%s: refused: %s", format_address(client_address), why)
+            self._refuse(request, protocol.format_refused(why))
             return
         try:
             super().process_request(request, client_address)
         except BaseException:  # no thread could be started for it
+            self.room.guard.release(host)
             self._count_out()
             raise
+
+    def _refuse(self, request: socket.socket, line: str) -> None:
+        """Send a refused connection its one line, and close it."""
+        try:
+            request.send(protocol.encode_line(line), _DONTWAIT)
+        except OSError:
+            pass
+        self.shutdown_request(request)
 
     def process_request_thread(self, request: socket.socket,
                                client_address: Address) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
+            self.room.guard.release(guard.host_of(client_address))
             self._count_out()
 
     def _count_out(self) -> None:
@@ -549,14 +563,73 @@ def raise_open_file_limit() -> None:
 # --- Command line ------------------------------------------------------------
 
 
+def admin_password(settings: ServerConfig) -> Tuple[str, str]:
+    """The admin password and where it came from: ``--admin-password``,
+    else ``--admin-password-file`` (its first line), else the environment
+    variable; ("", "") for none. Raises ValueError, naming the option,
+    for a file that cannot be read or holds no password."""
+    if settings.admin_password and settings.admin_password_file:
+        raise ValueError("--admin-password and --admin-password-file:"
+                         " give one of them")
+    if settings.admin_password:
+        return settings.admin_password, "--admin-password"
+    path = settings.admin_password_file
+    if path:
+        try:
+            with open(path, encoding="utf-8") as file:
+                password = file.readline().strip()
+        except (OSError, UnicodeDecodeError) as error:
+            why = getattr(error, "strerror", None) or str(error)
+            raise ValueError(f"--admin-password-file {path}: {why}"
+                             ) from None
+        if not password:
+            raise ValueError(f"--admin-password-file {path}: no password"
+                             " on its first line")
+        return password, f"--admin-password-file {path}"
+    password = os.environ.get(config.PASSWORD_ENV, "")
+    return password, (f"${config.PASSWORD_ENV}" if password else "")
+
+
+def show_password(password: str) -> str:
+    """Show a generated admin password to whoever started the server, and
+    never on the log's stream (``2> server.log``, a journal, container
+    logs keep that): on the terminal (``/dev/tty``) if there is one, else
+    in a new file only this user can read, which the log names. Returns
+    that file's path ("" for the terminal): the password is for this run
+    only, so the server removes the file when it stops."""
+    line = f"Admin password for this run: {password}\n"
+    try:
+        with open("/dev/tty", "w", encoding="utf-8") as tty:
+            tty.write(line)
+        return ""
+    except OSError:  # no controlling terminal: a service, a container
+        pass
+    handle, path = tempfile.mkstemp(prefix="chat-admin-password-",
+                                    suffix=".txt")  # mode 0600
+    with os.fdopen(handle, "w", encoding="utf-8") as file:
+        file.write(line)
+    log.info("no terminal: the admin password for this run is in %s"
+             " (readable by this user only)", path, extra={"always": True})
+    return path
+
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = config.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s")
+    # Whatever clients do, the log grows by a bounded number of lines a
+    # second (guard.LogBudget); the server's own start and stop always
+    # get in.
+    log.addFilter(guard.LogBudget())
     settings: ServerConfig = args.config
-    password = settings.admin_password or os.environ.get(
-        config.PASSWORD_ENV, "")
+    try:
+        password, source = admin_password(settings)
+    except ValueError as error:  # a bad --admin-password-file
+        print(f"{os.path.basename(sys.argv[0])}: error: {error}",
+              file=sys.stderr, flush=True)
+        return 2
     generated = not password
     if generated:
         password = secrets.token_urlsafe(9)
@@ -576,13 +649,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         log.error("cannot listen on %s port %s: %s", settings.host,
                   settings.port, error.strerror or error)
         return 1
-    if generated:
-        # On the console only, never in the log.
-        print(f"Admin password for this run: {password}", file=sys.stderr,
-              flush=True)
-    else:
-        log.info("admin password set from %s", "--admin-password"
-                 if args.config.admin_password else f"${config.PASSWORD_ENV}")
+    password_file = show_password(password) if generated else ""
+    if not generated:
+        log.info("admin password set from %s", source)
+        if source == "--admin-password":
+            log.warning("--admin-password is visible to every user of this"
+                        " machine (ps); prefer --admin-password-file or"
+                        " $%s", config.PASSWORD_ENV)
+        if len(password) < config.ADMIN_PASSWORD_MIN_CHARS:
+            log.warning("the admin password is short (%d characters):"
+                        " anyone may try it; use %d or more",
+                        len(password), config.ADMIN_PASSWORD_MIN_CHARS)
 
     def on_signal(signum: int, frame: object) -> None:
         # stop() waits for serve_forever, which runs in this (main) thread,
@@ -595,6 +672,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     server.log_listening()
     server.serve_forever()
     server.wait_stopped(config.CLOSE_GRACE_SECONDS * 3)
+    if password_file:
+        try:
+            os.remove(password_file)
+        except OSError:
+            pass
     return 0
 
 

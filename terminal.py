@@ -56,7 +56,7 @@ import sys
 import threading
 import unicodedata
 from types import ModuleType
-from typing import Callable, Optional, Sequence, TextIO, Tuple
+from typing import Callable, List, Optional, Sequence, TextIO, Tuple
 
 import protocol
 
@@ -304,6 +304,42 @@ def screen_rows(text: str, columns: int) -> int:
     return max(row + (1 if column else 0), 1)
 
 
+#: Columns a wrapped line's continuation rows are indented by, so that no
+#: row of a long line can pass for a line of its own (a fake server line).
+WRAP_INDENT = 4
+# A colour sequence of render(): it takes no columns.
+_SGR_RE = re.compile("\x1b\\[[0-9;]*m")
+
+
+def wrap(text: str, columns: int, indent: int = WRAP_INDENT) -> str:
+    """``text`` cut into rows of at most ``columns`` columns, every row
+    after the first indented by ``indent`` spaces (a hanging indent).
+    Colour sequences take no room; a wide character that does not fit
+    goes whole to the next row. Rows are joined with newlines."""
+    if columns <= indent + 1:
+        return text
+    rows: List[str] = []
+    row: List[str] = []
+    column = 0
+    position = 0
+    while position < len(text):
+        sgr = _SGR_RE.match(text, position)
+        if sgr:
+            row.append(sgr.group())
+            position = sgr.end()
+            continue
+        char = text[position]
+        width = char_width(char)
+        if column + width > columns:
+            rows.append("".join(row))
+            row, column = [" " * indent], indent
+        row.append(char)
+        column += width
+        position += 1
+    rows.append("".join(row))
+    return "\n".join(rows)
+
+
 class InputLine:
     """The prompt and the text being typed after it, as on the screen; it
     may wrap onto several screen rows. Knows how to clear it and how to
@@ -412,6 +448,10 @@ class Terminal:
         self._rl_done = _readline_variable(self._readline, "rl_done")
         self._saved_mode = self._save_mode()
         self._dumb = os.environ.get("TERM") == "dumb"
+        try:
+            self._wraps = self._out.isatty()
+        except (AttributeError, ValueError):
+            self._wraps = False
         # readline draws the prompt in several writes, which must not be
         # mixed with ours. GNU readline calls a "pre-input hook" once the
         # prompt is on the screen; it sets this event, and show() waits for
@@ -427,7 +467,11 @@ class Terminal:
     # -- Output
 
     def show(self, text: str) -> None:
-        """Print one line of text (already rendered) above the prompt."""
+        """Print one line of text (already rendered) above the prompt; on
+        a terminal, a line too long for it wraps with a hanging indent
+        (:func:`wrap`)."""
+        if self._wraps:
+            text = wrap(text, shutil.get_terminal_size().columns)
         with self._lock:
             if not self._prompt_on_screen():
                 self._printed_below += 1
@@ -531,7 +575,14 @@ class Terminal:
         if self.output_closed:
             return
         try:
-            self._out.write(text)
+            try:
+                self._out.write(text)
+            except UnicodeEncodeError:
+                # A locale that cannot show every character (an emoji in
+                # Latin-1): show what it can, a "?" for the rest.
+                encoding = getattr(self._out, "encoding", None) or "ascii"
+                self._out.write(text.encode(encoding, "replace")
+                                .decode(encoding, "replace"))
             self._out.flush()
         except BrokenPipeError:
             self._output_gone()

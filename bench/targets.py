@@ -110,7 +110,8 @@ def start_chat_server(args: argparse.Namespace, clients: int) -> Target:
                                       suffix=".log", delete=False)
     command = [sys.executable, args.server, "--host", args.host,
                "--port", "0", "--admin-password", os.urandom(8).hex(),
-               "--rate-limit", "0",
+               "--rate-limit", "0", "--max-per-address", "0",
+               "--connects-per-minute", "0",
                "--max-clients", str(max(SERVER_MAX_CLIENTS, clients + 100))]
     if args.tls:
         command += ["--tls-cert", TLS_CERT, "--tls-key", TLS_KEY]

@@ -16,9 +16,11 @@ from server import ChatServer, ServerConfig
 @pytest.fixture
 def make_server() -> Iterator[Callable[..., ChatServer]]:
     """Start servers with ServerConfig fields as keywords; stop them after.
-    Flood control, history, seats kept for dropped users and the web
-    front-end are off unless a test asks for them, so that each test sees
-    only what it is about (``web_port=0``: the web page on a free port)."""
+    Flood control, history, seats kept for dropped users, the
+    per-address limits (connections, connects a minute, kick bans) and
+    the web front-end are off unless a test asks for them, so that each
+    test sees only what it is about (``web_port=0``: the web page on a
+    free port)."""
     servers: List[ChatServer] = []
 
     def make(**fields) -> ChatServer:
@@ -28,6 +30,11 @@ def make_server() -> Iterator[Callable[..., ChatServer]]:
         fields.setdefault("history", 0)
         fields.setdefault("resume_grace", 0)
         fields.setdefault("web_port", None)
+        # Every test connects from 127.0.0.1: per-address limits are off
+        # unless a test is about them.
+        fields.setdefault("max_per_address", 0)
+        fields.setdefault("connects_per_minute", 0)
+        fields.setdefault("kick_ban_minutes", 0)
         server = ChatServer(ServerConfig(**fields))
         server.start()
         servers.append(server)

@@ -376,13 +376,13 @@ def test_whois_facts_and_address_for_admins_only(server, clients,
 
 
 def test_whois_shows_a_mute(server, clients):
-    root, bob = users(server, clients, "root", "bob")
-    make_admin(root)
-    root.send("-mute bob")
+    teacher, bob = users(server, clients, "teacher", "bob")
+    make_admin(teacher)
+    teacher.send("-mute bob")
     bob.expect(lambda line: line.startswith("! you were muted"))
-    root.expect("* bob was muted by root")
-    root.send("-whois bob")
-    match = WHOIS_RE.fullmatch(root.read_line())
+    teacher.expect("* bob was muted by teacher")
+    teacher.send("-whois bob")
+    match = WHOIS_RE.fullmatch(teacher.read_line())
     port = bob.sock.getsockname()[1]
     assert match and match.group(5) == f", muted, from 127.0.0.1:{port}"
 
@@ -500,13 +500,13 @@ def test_ignore_follows_a_rename(server, clients):
 
 
 def test_mute_silences_every_kind_of_line(server, clients):
-    root, bob, carol = users(server, clients, "root", "bob", "carol")
-    make_admin(root)
-    root.send("-mute BOB")
-    bob.next_is("! you were muted by root: your lines reach nobody until"
+    teacher, bob, carol = users(server, clients, "teacher", "bob", "carol")
+    make_admin(teacher)
+    teacher.send("-mute BOB")
+    bob.next_is("! you were muted by teacher: your lines reach nobody until"
                 " then")
-    carol.next_is("* bob was muted by root")
-    root.next_is("* bob was muted by root")
+    carol.next_is("* bob was muted by teacher")
+    teacher.next_is("* bob was muted by teacher")
     refusal = ("! you are muted until an admin lifts it; your line"
                " reached nobody")
     for line in ("hello", "-all hello", "-to carol psst", "-me waves",
@@ -519,75 +519,75 @@ def test_mute_silences_every_kind_of_line(server, clients):
             bob.next_is(refusal)
     bob.send("-nick robert")
     bob.next_is("! nickname 'robert' refused: you are muted")
-    quiet(root, carol, bob)  # none of it reached anyone
+    quiet(teacher, carol, bob)  # none of it reached anyone
     carol.send("-users")
-    carol.next_is("* Online (3): carol (you), root (admin), bob")
+    carol.next_is("* Online (3): carol (you), teacher (admin), bob")
     assert sorted(server.room.nicknames().values()) == [
-        "bob", "carol", "root"]
-    root.send("-mute bob 5")
-    root.next_is("! bob is muted already; -unmute bob first to change it")
-    root.send("-unmute Bob")
-    bob.next_is("* root unmuted you: you can talk again.")
-    carol.next_is("* bob was unmuted by root")
-    root.next_is("* bob was unmuted by root")
+        "bob", "carol", "teacher"]
+    teacher.send("-mute bob 5")
+    teacher.next_is("! bob is muted already; -unmute bob first to change it")
+    teacher.send("-unmute Bob")
+    bob.next_is("* teacher unmuted you: you can talk again.")
+    carol.next_is("* bob was unmuted by teacher")
+    teacher.next_is("* bob was unmuted by teacher")
     bob.send("-all I can talk")
     carol.next_is("bob: I can talk")
-    root.next_is("bob: I can talk")
-    root.send("-unmute bob")
-    root.next_is("! bob is not muted")
-    quiet(root, carol)
+    teacher.next_is("bob: I can talk")
+    teacher.send("-unmute bob")
+    teacher.next_is("! bob is not muted")
+    quiet(teacher, carol)
 
 
 def test_mute_for_minutes_and_its_errors(server, clients, monkeypatch):
-    root, bob, carol = users(server, clients, "root", "bob", "carol")
-    make_admin(root)
+    teacher, bob, carol = users(server, clients, "teacher", "bob", "carol")
+    make_admin(teacher)
     cases = [
         ("-mute bob 0", "! minutes must be 1 to 10080"),
         (f"-mute bob {config.MAX_SANCTION_MINUTES + 1}",
          "! minutes must be 1 to 10080"),
         ("-mute bob 5 because", "! usage: -mute NICK [minutes]"),
-        ("-mute root", protocol.format_not_yourself()),
+        ("-mute teacher", protocol.format_not_yourself()),
         ("-mute dave", protocol.format_no_such_user("dave")),
         ("-mute", "! usage: -mute NICK"),
         ("-unmute dave", "! dave is not muted"),
     ]
     for line, error in cases:
-        root.send(line)
-        root.next_is(error)
-    quiet(root, bob, carol)  # nobody was muted
-    root.send("-mute bob 5")
-    bob.next_is("! you were muted by root for 5 min: your lines reach"
+        teacher.send(line)
+        teacher.next_is(error)
+    quiet(teacher, bob, carol)  # nobody was muted
+    teacher.send("-mute bob 5")
+    bob.next_is("! you were muted by teacher for 5 min: your lines reach"
                 " nobody until then")
-    carol.next_is("* bob was muted by root for 5 min")
-    root.next_is("* bob was muted by root for 5 min")
+    carol.next_is("* bob was muted by teacher for 5 min")
+    teacher.next_is("* bob was muted by teacher for 5 min")
     bob.send("hello")
     assert re.fullmatch(r"! you are muted, [45] min left; your line"
                         r" reached nobody", bob.read_line())
-    quiet(root, carol, bob)
+    quiet(teacher, carol, bob)
     # When the minutes are up, the mute lifts itself.
     mutes = server.room._mutes
     real_clock = mutes._clock
     monkeypatch.setattr(mutes, "_clock", lambda: real_clock() + 301)
     bob.send("-all free again")
     carol.next_is("bob: free again")
-    root.next_is("bob: free again")
+    teacher.next_is("bob: free again")
 
 
 def test_mute_survives_leaving_and_joining_again(server, clients):
-    root, bob, carol = users(server, clients, "root", "bob", "carol")
-    make_admin(root)
-    root.send("-mute bob")
+    teacher, bob, carol = users(server, clients, "teacher", "bob", "carol")
+    make_admin(teacher)
+    teacher.send("-mute bob")
     bob.expect(lambda line: line.startswith("! you were muted"))
     bob.send("-exit")
     bob.wait_closed()
-    for user in (root, carol):
+    for user in (teacher, carol):
         user.expect(protocol.format_left("bob"))
-    again = join(server, clients, [root, carol], "BOB")
+    again = join(server, clients, [teacher, carol], "BOB")
     again.send("-all I am back and loud")
     assert muted_reply(again.read_line())
     again.send("-to carol psst")
     assert muted_reply(again.read_line())
-    quiet(root, carol, again)
+    quiet(teacher, carol, again)
 
 
 def test_non_admins_cannot_moderate(server, clients):
@@ -615,15 +615,15 @@ def test_non_admins_cannot_moderate(server, clients):
 
 def test_admin_mutes_another_admin_logged_loudly(server, clients, caplog):
     caplog.set_level(logging.WARNING, logger="chat")
-    root, boss, carol = users(server, clients, "root", "boss", "carol")
-    make_admin(root)
+    teacher, boss, carol = users(server, clients, "teacher", "boss", "carol")
+    make_admin(teacher)
     make_admin(boss)
-    root.send("-mute boss")
-    boss.expect(lambda line: line.startswith("! you were muted by root"))
-    carol.next_is("* boss was muted by root")
+    teacher.send("-mute boss")
+    boss.expect(lambda line: line.startswith("! you were muted by teacher"))
+    carol.next_is("* boss was muted by teacher")
     boss.send("-all I am an admin")
     assert muted_reply(boss.read_line())
-    quiet(root, carol)
+    quiet(teacher, carol)
     assert any(record.levelno == logging.WARNING
                and "muted admin boss" in record.getMessage()
                for record in caplog.records), caplog.records
@@ -634,50 +634,51 @@ def test_admin_mutes_another_admin_logged_loudly(server, clients, caplog):
 
 def test_ban_disconnects_and_refuses_the_address(server, clients):
     room: List[LineClient] = []
-    root = join(server, clients, room, "root")
+    teacher = join(server, clients, room, "teacher")
     bob = join(server, clients, room, "bob", bind="127.0.0.2")
     carol = join(server, clients, room, "carol", bind="127.0.0.3")
-    make_admin(root)
-    root.send("-ban bob spam")
-    assert bob.wait_closed()[-1] == "! you were banned by root: spam"
-    carol.next_is("* bob was banned by root: spam")
-    root.next_is("* bob was banned by root: spam")
+    make_admin(teacher)
+    teacher.send("-ban bob spam")
+    assert bob.wait_closed()[-1] == "! you were banned by teacher: spam"
+    carol.next_is("* bob was banned by teacher: spam")
+    teacher.next_is("* bob was banned by teacher: spam")
     wait_until(lambda: sorted(server.room.nicknames().values())
-               == ["carol", "root"], what="bob out of the registry")
+               == ["carol", "teacher"], what="bob out of the registry")
     refused = clients(server, bind="127.0.0.2")
     assert refused.wait_closed() == [
-        "! this address is banned from the chat (spam)"]
+        "! connection refused: your address is banned from this server"
+        " (spam)"]
     # Everyone else carries on, and another address joins freely.
     carol.send("-all still here")
-    root.next_is("carol: still here")
-    dave = join(server, clients, [root, carol], "dave", bind="127.0.0.3")
+    teacher.next_is("carol: still here")
+    dave = join(server, clients, [teacher, carol], "dave", bind="127.0.0.3")
     dave.send("-all hi from .3")
-    root.next_is("dave: hi from .3")
+    teacher.next_is("dave: hi from .3")
     carol.next_is("dave: hi from .3")
-    root.send("-bans")
-    root.next_is("* 1 ban:")
-    root.next_is("*   127.0.0.2 (bob, by root, until -unban): spam")
-    root.send("-unban 127.0.0.2")
-    root.next_is("* The ban on 127.0.0.2 (bob) is lifted.")
-    root.send("-bans")
-    root.next_is("* Nobody is banned.")
-    back = join(server, clients, [root, carol, dave], "bob",
+    teacher.send("-bans")
+    teacher.next_is("* 1 ban:")
+    teacher.next_is("*   127.0.0.2 (bob, by teacher, until -unban): spam")
+    teacher.send("-unban 127.0.0.2")
+    teacher.next_is("* The ban on 127.0.0.2 (bob) is lifted.")
+    teacher.send("-bans")
+    teacher.next_is("* Nobody is banned.")
+    back = join(server, clients, [teacher, carol, dave], "bob",
                 bind="127.0.0.2")
     back.send("-all I am back")
-    root.next_is("bob: I am back")
+    teacher.next_is("bob: I am back")
 
 
 def test_ban_for_minutes_unban_by_nickname_and_errors(server, clients,
                                                       monkeypatch):
     room: List[LineClient] = []
-    root = join(server, clients, room, "root")
+    teacher = join(server, clients, room, "teacher")
     bob = join(server, clients, room, "bob", bind="127.0.0.2")
     eve = join(server, clients, room, "eve", bind="127.0.0.3")
-    make_admin(root)
+    make_admin(teacher)
     cases = [
         ("-ban bob 0", "! minutes must be 1 to 10080"),
         ("-ban bob 10081 too long", "! minutes must be 1 to 10080"),
-        ("-ban root", protocol.format_not_yourself()),
+        ("-ban teacher", protocol.format_not_yourself()),
         ("-ban dave", protocol.format_no_such_user("dave")),
         ("-ban", "! usage: -ban NICK"),
         ("-unban 127.0.0.2", "! no ban on 127.0.0.2; -bans lists them"),
@@ -685,80 +686,81 @@ def test_ban_for_minutes_unban_by_nickname_and_errors(server, clients,
         ("-bans now", "! -bans takes no arguments"),
     ]
     for line, error in cases:
-        root.send(line)
-        root.next_is(error)
-    quiet(root, bob, eve)  # nobody was banned
-    root.send("-ban bob 10")
-    assert bob.wait_closed()[-1] == "! you were banned by root for 10 min"
-    eve.next_is("* bob was banned by root for 10 min")
-    root.next_is("* bob was banned by root for 10 min")
+        teacher.send(line)
+        teacher.next_is(error)
+    quiet(teacher, bob, eve)  # nobody was banned
+    teacher.send("-ban bob 10")
+    assert bob.wait_closed()[-1] == "! you were banned by teacher for 10 min"
+    eve.next_is("* bob was banned by teacher for 10 min")
+    teacher.next_is("* bob was banned by teacher for 10 min")
     refused = clients(server, bind="127.0.0.2")
-    assert re.fullmatch(r"! this address is banned from the chat; try"
-                        r" again in (9|10) min", refused.read_line())
-    root.send("-bans")
-    root.next_is("* 1 ban:")
-    assert re.fullmatch(r"\*   127\.0\.0\.2 \(bob, by root, (9|10) min"
-                        r" left\)", root.read_line())
-    root.send("-unban BOB")
-    root.next_is("* The ban on 127.0.0.2 (bob) is lifted.")
-    again = join(server, clients, [root, eve], "bob", bind="127.0.0.2")
+    assert re.fullmatch(r"! connection refused: your address is banned"
+                        r" from this server for 10 min more",
+                        refused.read_line())
+    teacher.send("-bans")
+    teacher.next_is("* 1 ban:")
+    assert re.fullmatch(r"\*   127\.0\.0\.2 \(bob, by teacher, (9|10) min"
+                        r" left\)", teacher.read_line())
+    teacher.send("-unban BOB")
+    teacher.next_is("* The ban on 127.0.0.2 (bob) is lifted.")
+    again = join(server, clients, [teacher, eve], "bob", bind="127.0.0.2")
     # A ban for minutes lifts itself when they are up.
-    root.send("-ban eve 1 bye")
+    teacher.send("-ban eve 1 bye")
     eve.wait_closed()
-    root.next_is("* eve was banned by root for 1 min: bye")
-    again.next_is("* eve was banned by root for 1 min: bye")
-    bans = server.room._bans
+    teacher.next_is("* eve was banned by teacher for 1 min: bye")
+    again.next_is("* eve was banned by teacher for 1 min: bye")
+    bans = server.room.guard
     real_clock = bans._clock
     monkeypatch.setattr(bans, "_clock", lambda: real_clock() + 61)
-    join(server, clients, [root, again], "eve", bind="127.0.0.3")
-    root.send("-bans")
-    root.next_is("* Nobody is banned.")
+    join(server, clients, [teacher, again], "eve", bind="127.0.0.3")
+    teacher.send("-bans")
+    teacher.next_is("* Nobody is banned.")
 
 
 def test_unban_with_extra_words_changes_nothing(server, clients):
     """A refused -unban must not lift the ban it says is not there."""
     room: List[LineClient] = []
-    root = join(server, clients, room, "root")
+    teacher = join(server, clients, room, "teacher")
     bob = join(server, clients, room, "bob", bind="127.0.0.2")
-    make_admin(root)
-    root.send("-ban bob")
+    make_admin(teacher)
+    teacher.send("-ban bob")
     bob.wait_closed()
-    root.next_is("* bob was banned by root")
-    root.send("-unban 127.0.0.2 please")
-    assert root.read_line().startswith("! ")
-    root.send("-bans")
-    root.next_is("* 1 ban:")
+    teacher.next_is("* bob was banned by teacher")
+    teacher.send("-unban 127.0.0.2 please")
+    assert teacher.read_line().startswith("! ")
+    teacher.send("-bans")
+    teacher.next_is("* 1 ban:")
     refused = clients(server, bind="127.0.0.2")
     assert refused.wait_closed() == [
-        "! this address is banned from the chat"]
+        "! connection refused: your address is banned from this server"]
 
 
 def test_ban_on_the_admins_own_address_is_refused(server, clients):
-    root, eve = users(server, clients, "root", "eve")  # both 127.0.0.1
-    make_admin(root)
-    root.send("-ban eve")
-    root.next_is("! eve connects from your own address (127.0.0.1);"
+    teacher, eve = users(server, clients, "teacher", "eve")  # both 127.0.0.1
+    make_admin(teacher)
+    teacher.send("-ban eve")
+    teacher.next_is("! eve connects from your own address (127.0.0.1);"
                   " -kick eve instead")
     eve.send("-all still here")
-    root.next_is("eve: still here")
-    root.send("-bans")
-    root.next_is("* Nobody is banned.")
+    teacher.next_is("eve: still here")
+    teacher.send("-bans")
+    teacher.next_is("* Nobody is banned.")
     newcomer = clients(server, "newcomer")
-    for user in (root, eve):
+    for user in (teacher, eve):
         user.next_is(protocol.format_joined("newcomer"))
-    quiet(newcomer, root, eve)
+    quiet(newcomer, teacher, eve)
 
 
 def test_admin_bans_another_admin_logged_loudly(server, clients, caplog):
     caplog.set_level(logging.WARNING, logger="chat")
     room: List[LineClient] = []
-    root = join(server, clients, room, "root")
+    teacher = join(server, clients, room, "teacher")
     boss = join(server, clients, room, "boss", bind="127.0.0.2")
-    make_admin(root)
+    make_admin(teacher)
     make_admin(boss)
-    root.send("-ban boss")
-    assert boss.wait_closed()[-1] == "! you were banned by root"
-    root.next_is("* boss was banned by root")
+    teacher.send("-ban boss")
+    assert boss.wait_closed()[-1] == "! you were banned by teacher"
+    teacher.next_is("* boss was banned by teacher")
     assert any(record.levelno == logging.WARNING
                and "banned admin boss" in record.getMessage()
                for record in caplog.records), caplog.records
@@ -844,7 +846,7 @@ def test_help_lists_every_new_command(server, clients):
 
 
 @pytest.mark.parametrize("text", ["left the chat", "Joined the chat",
-                                  "was kicked by root", "is now known as x",
+                                  "was kicked by teacher", "is now known as x",
                                   "lost connection", "is back"])
 def test_an_action_that_reads_as_a_server_notice_is_refused(
         server, clients, text):

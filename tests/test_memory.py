@@ -58,6 +58,7 @@ class Chat:
         fields.setdefault("admin_password", PASSWORD)
         fields.setdefault("history", 0)
         fields.setdefault("resume_grace", 0)
+        fields.setdefault("rate_limit", 0)  # notices per address: off
         self.clock = FakeClock(1000.0)
         self.wall = FakeClock(WALL_START)
         self.records: List[Record] = []
@@ -300,7 +301,7 @@ def test_history_command_refuses_what_is_not_a_positive_count(argument):
     """``-history 0`` or ``-history x``: one error line to the asker
     (no history line, no end line), nothing to anyone else."""
     chat, bob, link, _ = make_chatter()
-    alice_link = chat.room._by_key["alice"].link
+    alice_link = chat.room._by_key[protocol.nick_key("alice")].link
     drain(alice_link)
     chat.say(bob, f"-history {argument}")
     lines = link.take()
@@ -774,7 +775,7 @@ def test_kicked_user_gets_no_kept_seat():
     reports it so): no seat is kept, nobody hears "lost connection",
     the nickname is free and the token refused."""
     chat = Chat(resume_grace=GRACE)
-    admin, _ = chat.join("admin")
+    admin, _ = chat.join("teacher")
     alice, a_link = chat.join("alice")
     bob, b_link = chat.join("bob")
     chat.say(admin, f"-admin {PASSWORD}")
@@ -782,7 +783,7 @@ def test_kicked_user_gets_no_kept_seat():
     chat.say(admin, "-kick alice")
     chat.room.disconnect(alice, "reset", link=a_link, dropped=True)
     assert alice.state == GONE
-    assert b_link.take() == [protocol.format_kicked("alice", "admin")]
+    assert b_link.take() == [protocol.format_kicked("alice", "teacher")]
     assert "alice" not in chat.room.nicknames().values()
     joining, link = chat.connect()
     chat.say(joining, f"-resume {chat.tokens['alice']}")

@@ -19,16 +19,18 @@ from helpers import ADMIN_PASSWORD, DEADLINE, LineClient, ROOT
 
 class ServerProcess:
     """``python3 server.py`` on a free port; its log collected in a thread.
-    History, kept seats and the web page are off, as in make_server,
-    unless ``args`` turn them on again."""
+    History, kept seats, per-address limits and the web page are off,
+    as in make_server, unless ``args`` turn them on again."""
 
     def __init__(self, *args: str, env=None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, os.path.join(ROOT, "server.py"), "--port", "0",
              "--history", "0", "--resume-grace", "0", "--web-port", "off",
-             *args],
+             "--max-per-address", "0", "--connects-per-minute", "0",
+             "--kick-ban-minutes", "0", *args],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, env=env)
+            stderr=subprocess.STDOUT, text=True, env=env,
+            start_new_session=True)  # no terminal: /dev/tty fails
         self.log = []
         self._listening = threading.Event()
         self.port = 0
@@ -111,19 +113,44 @@ def test_password_from_environment(start_server):
     alice.next_is(protocol.format_admin_granted())
 
 
-def test_random_password_printed_on_console_only(start_server):
+def test_random_password_never_in_the_log(start_server, tmp_path):
+    """With no terminal to show it on, a generated password goes to a new
+    file only its owner can read, which the log names; the log never
+    holds the password itself."""
     env = {k: v for k, v in os.environ.items() if k != "CHAT_ADMIN_PASSWORD"}
+    env["TMPDIR"] = str(tmp_path)
     server = start_server(env=env)
-    printed = [line for line in server.log if "Admin password" in line]
-    assert len(printed) == 1
-    password = printed[0].rsplit(" ", 1)[1]
+    named = [line for line in server.log if "admin password" in line]
+    assert len(named) == 1, server.log
+    path = named[0].split(" is in ", 1)[1].split(" (", 1)[0]
+    assert os.path.dirname(path) == str(tmp_path)
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    with open(path) as file:
+        password = file.read().rsplit(" ", 1)[1].strip()
     alice = server.connect("alice")
     alice.send(f"-admin {password}")
     alice.next_is(protocol.format_admin_granted())
     alice.send("down server")
     alice.wait_closed()
     assert server.wait() == 0
-    assert sum(password in line for line in server.log) == 1
+    assert not any(password in line for line in server.log)
+    assert not os.path.exists(path)  # for this run only
+
+
+def test_password_file_and_warnings(start_server, tmp_path):
+    """--admin-password-file reads the first line; a short password and
+    --admin-password (seen in ps) get a warning at start."""
+    secret = tmp_path / "pw"
+    secret.write_text("short\nignored\n")
+    server = start_server("--admin-password-file", str(secret))
+    alice = server.connect("alice")
+    alice.send("-admin short")
+    alice.next_is(protocol.format_admin_granted())
+    assert any("admin password is short" in line for line in server.log)
+    other = start_server("--admin-password", "x" * 20)
+    other.connect("bob")
+    assert any("visible to every user" in line for line in other.log)
+    assert not any("is short" in line for line in other.log)
 
 
 def test_log_has_timestamps_and_events(start_server):

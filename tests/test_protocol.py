@@ -97,6 +97,7 @@ def test_decode_refuses(raw):
 @pytest.mark.parametrize("nick", [
     "a", "alice", "Алиса", "bob_1", "x.y-z", "a" * 20, "日本語", "née",
     "n\u0303o",  # a combining mark after a letter
+    "Анна", "らーめん", "東京タワー", "한국어",  # one script each
 ])
 def test_valid_nicks(nick):
     assert protocol.nick_error(nick) is None
@@ -107,6 +108,10 @@ def test_valid_nicks(nick):
     ("a b", "spaces"), ("a\u00a0b", "spaces"), ("a\x1bb", "control"),
     ("a\x00", "control"), ("a@b", "'@'"), ("a:b", "':'"), ("*x", "'*'"),
     ("\u0303x", "cannot contain"), ("a\u202eb", "control"),
+    ("alice\ufe0f", "invisible"), ("\u3164", "invisible"),
+    ("\u0430lice", "mix scripts"), ("bob\u03bf", "mix scripts"),
+    ("admin", "reserved"), ("Root", "reserved"), ("server_1", "reserved"),
+    ("a" + "\u0301" * 4, "accents"),
 ])
 def test_invalid_nicks(nick, reason):
     error = protocol.nick_error(nick)
@@ -119,6 +124,15 @@ def test_nick_key_ignores_case_and_composition():
     assert protocol.nick_key("n\u0303") == protocol.nick_key("\u00f1")
 
 
+@pytest.mark.parametrize("nick", [
+    "\u0430\u0441\u0435",  # Cyrillic, all of it: allowed, but looks "ace"
+    "\uff41\uff43\uff45", "\U0001d41a\U0001d41c\U0001d41e", "ACE",
+    "\u0410\u0421\u0415",  # the same, in capitals
+])
+def test_nick_key_maps_look_alikes_together(nick):
+    assert protocol.nick_key(nick) == protocol.nick_key("ace")
+
+
 @pytest.mark.parametrize("line, command", [
     ("hello", Command("say", text="hello")),
     ("-to bob hi there", Command("to", "bob", "hi there")),
@@ -129,6 +143,8 @@ def test_nick_key_ignores_case_and_composition():
     ("-help", Command("help")),
     ("-exit", Command("exit")),
     ("-admin p w", Command("admin", "p w")),
+    ("  -admin pw", Command("admin", "pw")),
+    ("\t-ADMIN pw", Command("admin", "pw")),
     ("-kick bob too loud", Command("kick", "bob", "too loud")),
     ("down server", Command("down")),
     ("  Down   Server ", Command("down")),
@@ -142,6 +158,8 @@ def test_parse_command(line, command):
     ("-nope", "unknown command"), ("-to", "usage: -to NICK"),
     ("-kick", "usage: -kick NICK"), ("-admin", "usage: -admin PASSWORD"),
     ("-exit now", "takes no arguments"),
+    ("-adminPW", "usage: -admin PASSWORD"), ("-admin:PW", "usage: -admin"),
+    (" -resumeX", "usage: -resume TOKEN"),
 ])
 def test_parse_command_errors(line, message):
     with pytest.raises(protocol.CommandError, match=message):

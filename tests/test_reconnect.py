@@ -268,6 +268,7 @@ def test_a_restarted_server_gets_the_same_nickname_again(
     alice.expect("* The server did not keep your seat (it may have"
                  " restarted): joining again as alice")
     alice.expect("* Welcome, alice! You are in the chat.")
+    alice.expect("* Online (2): ")  # the last line of the greeting
     bob.expect("* alice joined the chat")
     alice.wait_idle()
     # A new seat has no partner: a plain line goes to everyone, and reads

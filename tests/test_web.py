@@ -418,13 +418,13 @@ def test_a_silent_browser_is_pinged_and_dropped(make_server, monkeypatch,
 def test_flood_control_and_kick_work_for_browsers(make_server, web_users,
                                                   clients):
     server = make_server(web_port=0, rate_limit=5, rate_burst=2)
-    admin = clients(server, "admin")
+    admin = clients(server, "teacher")
     admin.send("-admin " + "test-secret")
     admin.expect(protocol.format_admin_granted())
     alice = web_users(server, "alice")
     admin.expect(protocol.format_joined("alice"))
     admin.send("-kick alice bye")
-    alice.expect(protocol.format_you_were_kicked("admin", "bye"))
+    alice.expect(protocol.format_you_were_kicked("teacher", "bye"))
     assert alice.close_code() == ws.NORMAL
 
 

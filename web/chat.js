@@ -31,7 +31,7 @@
   const COMMANDS_HINT = "* Commands: ";
   // Lines after which the chat is over on purpose: no reconnecting.
   const THE_END = ["* Server is shutting down", "! you were kicked by",
-                   "! you were banned by", "! this address is banned",
+                   "! you were banned by", "! connection refused",
                    "! your seat was taken over", "* Goodbye, ",
                    "! timed out waiting for a nickname"];
 
