@@ -53,6 +53,12 @@ MAX_HISTORY_REPLAY_BYTES = 64 * 1024
 DEFAULT_RESUME_GRACE = 120.0
 #: Transcript lines waiting for the disk before new ones are dropped.
 TRANSCRIPT_QUEUE_LINES = 10000
+#: Log records waiting for the log's writer thread before new ones are
+#: dropped.
+LOG_QUEUE_LINES = 100000
+#: Log lines a second about each kind of mass event (users connecting,
+#: disconnecting, refused); past that, one line a second counts them.
+LOG_BURST_LINES = 20
 #: Environment variable that may hold the admin password.
 PASSWORD_ENV = "CHAT_ADMIN_PASSWORD"
 

@@ -58,6 +58,11 @@ from members import (DETACHED, GONE, JOINING, ONLINE, Address,  # noqa: F401
 from protocol import Frame
 
 log = logging.getLogger("chat")
+# What happens to many users at once is counted, past a rate, rather than
+# logged line by line (see serverlog.py).
+_CONNECTED = {"burst": "new connections"}
+_REGISTERED = {"burst": "users registered"}
+_DEPARTED = {"burst": "users disconnected"}
 
 class Room(Commands):
     """The chat room.
@@ -108,7 +113,7 @@ class Room(Commands):
             member = Member(link, address)
             self._members.add(member)
             self._send(member, protocol.format_nick_prompt())
-        log.info("%s: connected", member.name)
+        log.info("%s: connected", member.name, extra=_CONNECTED)
         return member
 
     def receive(self, member: Member, frames: Sequence[Frame],
@@ -163,11 +168,13 @@ class Room(Commands):
         if kept:
             log.info("%s (%s) lost connection%s; seat kept %g s",
                      member.nick, member.name, why,
-                     self.settings.resume_grace)
+                     self.settings.resume_grace, extra=_DEPARTED)
         elif member.nick:
-            log.info("%s (%s) left%s", member.nick, member.name, why)
+            log.info("%s (%s) left%s", member.nick, member.name, why,
+                     extra=_DEPARTED)
         else:
-            log.info("%s: disconnected%s", member.name, why)
+            log.info("%s: disconnected%s", member.name, why,
+                     extra=_DEPARTED)
 
     def expire(self, member: Member) -> bool:
         """The member's time to choose a nickname is up: tell it and close,
@@ -195,7 +202,7 @@ class Room(Commands):
                     self._leave(seat)
                     seat.state = GONE
                     log.info("%s (%s) left: %s", seat.nick, seat.name,
-                             seat.close_reason)
+                             seat.close_reason, extra=_DEPARTED)
             self._send_events()
 
     def shut_down(self, reason: str = "") -> List[Member]:
@@ -352,7 +359,8 @@ class Room(Commands):
         replay = self._history.replay(self.settings.history)
         if replay:
             self._send(member, *replay)
-        log.info("%s registered as %s", member.name, nick)
+        log.info("%s registered as %s", member.name, nick,
+                 extra=_REGISTERED)
         self._announce("joined", nick, exclude=member)
 
     def _greet(self, member: Member, welcome: str) -> None:

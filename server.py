@@ -19,6 +19,7 @@ In-process use (tests)::
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 import os
@@ -36,6 +37,7 @@ from typing import Deque, Iterator, List, Optional, Sequence, Tuple
 
 import config
 import protocol
+import serverlog
 import transport
 from config import ServerConfig
 from outbox import Outbox
@@ -418,7 +420,8 @@ class ChatServer(socketserver.ThreadingTCPServer):
                 self._connection_count += 1
         if full:
             log.warning("%s: refused, server full",
-                        format_address(client_address))
+                        format_address(client_address),
+                        extra={"burst": "connections refused"})
             try:
                 request.send(protocol.encode_line(protocol.format_server_full(
                     self.config.max_clients)), _DONTWAIT)
@@ -501,9 +504,17 @@ def raise_open_file_limit() -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = config.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s")
+    # Connection threads only queue their log records; one thread writes.
+    listener = serverlog.start(logging.DEBUG if args.verbose
+                               else logging.INFO)
+    try:
+        return serve(args)
+    finally:
+        serverlog.stop(listener)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """main(), once the log is set up."""
     settings: ServerConfig = args.config
     password = settings.admin_password or os.environ.get(
         config.PASSWORD_ENV, "")
