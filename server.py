@@ -23,6 +23,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import queue
 import re
 import secrets
 import signal
@@ -298,10 +299,16 @@ class ChatServer(socketserver.ThreadingTCPServer):
         self.tls_context = (make_tls_context(settings.tls_cert,
                                              settings.tls_key)
                             if settings.tls_cert else None)
-        # _count_lock guards the two fields below it.
+        # Connections are counted without a lock their threads could queue
+        # on: the accept loop alone counts them in (_connection_count), and
+        # a handler thread that ends only drops a token into _ended, a
+        # SimpleQueue (it takes no lock a thread could wait on); the
+        # accept loop takes the tokens out as it counts.
+        self._connection_count = 0  # accepted; by the accept loop only
+        self._ended: "queue.SimpleQueue[None]" = queue.SimpleQueue()
+        # _count_lock guards _stopping; stop() waits on _all_closed.
         self._count_lock = threading.Lock()
         self._all_closed = threading.Condition(self._count_lock)
-        self._connection_count = 0  # handler threads running
         self._stopping = False
         self._stopped = threading.Event()
         self._serving = False
@@ -335,7 +342,7 @@ class ChatServer(socketserver.ThreadingTCPServer):
     @property
     def connection_count(self) -> int:
         """Connections being served now (registered or not)."""
-        return self._connection_count
+        return self._connection_count - self._ended.qsize()
 
     @property
     def stopping(self) -> bool:
@@ -388,10 +395,13 @@ class ChatServer(socketserver.ThreadingTCPServer):
             for member in members:
                 member.link.close()
             # Let the handlers finish (and log who left) before saying so.
+            # A thread that ended just as stopping began may not have
+            # notified: look again every poll interval.
             with self._all_closed:
-                self._all_closed.wait_for(
-                    lambda: self._connection_count == 0,
-                    max(0.0, deadline - time.monotonic()))
+                while self.connection_count > 0 and \
+                        time.monotonic() < deadline:
+                    self._all_closed.wait(min(
+                        ACCEPT_POLL_SECONDS, deadline - time.monotonic()))
             log.info("stopped")
         if self.transcript is not None:
             self.transcript.close()
@@ -414,11 +424,13 @@ class ChatServer(socketserver.ThreadingTCPServer):
         # Count connections here, in the accept loop, so a burst of them
         # cannot overshoot the limit; refusing needs one short non-blocking
         # send to a new socket, which cannot block.
-        with self._count_lock:
-            full = self._connection_count >= self.config.max_clients
-            if not full:
-                self._connection_count += 1
-        if full:
+        for _ in range(self._ended.qsize()):  # the threads that ended
+            self._ended.get_nowait()
+            self._connection_count -= 1
+        full = self._connection_count >= self.config.max_clients
+        if not full:
+            self._connection_count += 1
+        else:
             log.warning("%s: refused, server full",
                         format_address(client_address),
                         extra={"burst": "connections refused"})
@@ -443,9 +455,10 @@ class ChatServer(socketserver.ThreadingTCPServer):
             self._count_out()
 
     def _count_out(self) -> None:
-        with self._count_lock:
-            self._connection_count -= 1
-            if self._connection_count == 0:
+        """A connection's thread ends (or none could be started for it)."""
+        self._ended.put(None)
+        if self._stopping:  # stop() may be waiting for the last one
+            with self._all_closed:
                 self._all_closed.notify_all()
 
     def handle_error(self, request: socket.socket,
