@@ -33,6 +33,37 @@ SERVER_START_TIMEOUT_S = 15.0
 NCAT_MAX_CLIENTS = 1000
 NCAT_EXTRA_CONNS = 16
 NCAT_START_TIMEOUT_S = 5.0
+NGIRCD = "ngircd"
+NGIRCD_BINARY = "ngircd"
+#: The IRC operator the probe pair logs in as: ngIRCd throttles a user to
+#: a few commands a second unless an operator gives it mode +F.
+NGIRCD_OPER = "probe"
+#: ngIRCd's configuration for the bench: loopback only, no limits on
+#: connections (all come from one address), no DNS or ident look-ups,
+#: long ping times (the bench's users are idle), nicknames as long as the
+#: bench's.
+NGIRCD_CONFIG = """\
+[Global]
+    Name = bench.irc.localhost
+    Info = chat bench comparison
+    Listen = {host}
+    Ports = {port}
+    PidFile = {directory}/ngircd.pid
+    MotdPhrase = bench
+[Limits]
+    MaxConnections = 0
+    MaxConnectionsIP = 0
+    MaxNickLength = 30
+    PingTimeout = 600
+    PongTimeout = 600
+[Operator]
+    Name = {oper}
+    Password = {oper_password}
+[Options]
+    DNS = no
+    Ident = no
+    PAM = no
+"""
 
 LISTENING_RE = re.compile(r"listening on \[?([0-9A-Fa-f:.]+)\]?:(\d+)")
 
@@ -172,14 +203,51 @@ def start_ncat(host: str, clients: int, tls: bool = False) -> Target:
     raise RuntimeError(f"ncat did not start accepting connections:\n  {tail}")
 
 
+def start_ngircd(host: str, oper_password: str) -> Target:
+    """Start ngIRCd in the foreground with a loopback-only configuration
+    of its own, in a temporary directory, on a free port; wait until it
+    accepts."""
+    port = free_port(host)
+    family, address = resolve(host, port)
+    directory = tempfile.mkdtemp(prefix="chat-bench-ngircd-")
+    conf = os.path.join(directory, "ngircd.conf")
+    with open(conf, "w") as out:
+        out.write(NGIRCD_CONFIG.format(
+            host=address[0], port=port, directory=directory,
+            oper=NGIRCD_OPER, oper_password=oper_password))
+    log_path = os.path.join(directory, "ngircd.log")
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([NGIRCD_BINARY, "--nodaemon", "--config",
+                                    conf], stdin=subprocess.DEVNULL,
+                                   stdout=log, stderr=log, cwd=directory)
+    target = Target(NGIRCD, family, address, process.pid, process,
+                    log_path)
+    deadline = time.monotonic() + NCAT_START_TIMEOUT_S
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            socket.create_connection(address[:2], timeout=1).close()
+            return target
+        except OSError:
+            time.sleep(0.05)
+    tail = "\n  ".join(target.log_tail())
+    close_target(target)
+    raise RuntimeError(f"ngircd did not start accepting:\n  {tail}")
+
+
 def close_target(target: Target) -> None:
     if target.process is not None:
         target.stopped = stop_process(target.process)
     if target.log_path:
-        try:
-            os.unlink(target.log_path)
-        except OSError:
-            pass
+        paths = [target.log_path]
+        if target.label == NGIRCD:  # its own directory
+            directory = os.path.dirname(target.log_path)
+            paths = [os.path.join(directory, name)
+                     for name in os.listdir(directory)] + [directory]
+        for path in paths:
+            try:
+                (os.rmdir if os.path.isdir(path) else os.unlink)(path)
+            except OSError:
+                pass
 
 
 @contextmanager
@@ -189,6 +257,8 @@ def open_target(args: argparse.Namespace, kind: str,
     one named by --port."""
     if kind == NCAT:
         target = start_ncat(args.host, clients, args.tls)
+    elif kind == NGIRCD:
+        target = start_ngircd(args.host, args.oper_password)
     elif args.port:
         family, address = resolve(args.host, args.port)
         target = Target(CHAT, family, address, args.server_pid)
@@ -229,3 +299,17 @@ def proc_memory_kib(pid: Optional[int]) -> Dict[str, int]:
         pass
     return found
 
+
+def proc_threads(pid: Optional[int]) -> Optional[int]:
+    """The number of threads of process ``pid`` (``Threads`` in
+    /proc/PID/status), or None."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("Threads:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
