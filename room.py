@@ -147,23 +147,40 @@ class Room(Commands):
         than the user leaving or the server cutting it), an online member's
         seat is kept for ``--resume-grace`` seconds instead."""
         with self._locked():
-            if member not in self._members or (
-                    link is not None and link is not member.link):
-                return  # gone already, or its seat went to a new connection
-            self._members.discard(member)
-            member.close_reason = member.close_reason or reason
-            if farewell:
-                self._send(member, farewell, last=True)
-            member.link.close()
-            if member.state == ONLINE and dropped and not self._closed \
-                    and self.settings.resume_grace > 0:
-                self._detach(member)
-                kept = True
-            else:
-                kept = False
-                if member.state == ONLINE:
-                    self._leave(member)
-                member.state = GONE
+            kept, ended = self._depart(member, reason, farewell, link,
+                                       dropped)
+        if ended is not None:
+            ended.close()
+        self._log_departure(member, kept)
+
+    def _depart(self, member: Member, reason: str, farewell: str,
+                link: Optional[Link], dropped: bool
+                ) -> Tuple[Optional[bool], Optional[Link]]:
+        """:meth:`disconnect`, with the lock held. Returns whether the
+        seat was kept (None if the member was gone already), and the link
+        the caller closes once the lock is released and the links are
+        flushed (closing shuts a socket down: a system call, which lets
+        the GIL go, and thousands of threads would queue on the lock)."""
+        if member not in self._members or (
+                link is not None and link is not member.link):
+            return None, None  # gone already, or its seat went to another
+        self._members.discard(member)
+        member.close_reason = member.close_reason or reason
+        if farewell:
+            self._send(member, farewell, last=True)
+        ended = member.link
+        if member.state == ONLINE and dropped and not self._closed \
+                and self.settings.resume_grace > 0:
+            self._detach(member)
+            return True, ended
+        if member.state == ONLINE:
+            self._leave(member)
+        member.state = GONE
+        return False, ended
+
+    def _log_departure(self, member: Member, kept: Optional[bool]) -> None:
+        if kept is None:
+            return
         why = f": {member.close_reason}" if member.close_reason else ""
         if kept:
             log.info("%s (%s) lost connection%s; seat kept %g s",
