@@ -54,6 +54,15 @@ log = logging.getLogger("chat")
 #: Stack size for connection threads. Python code needs little C stack, and
 #: the default 8 MiB of address space per thread adds up at 10,000 users.
 THREAD_STACK_BYTES = 256 * 1024
+#: How long a thread may run on before it must hand the GIL to a waiting
+#: one (Python's default is 0.005 s). A handler thread gives the GIL up
+#: by itself long before that, at every socket call; what a forced switch
+#: mostly interrupts is a thread holding a lock (the room's, an outbox's),
+#: and then every thread that wants that lock queues behind it until it
+#: gets the GIL back, after every other runnable thread. When thousands
+#: of users drop at once that is thousands of threads: a longer interval
+#: makes such switches rare (the churn benchmark in README.md).
+GIL_SWITCH_SECONDS = 0.2
 #: How often the accept loop checks whether it should stop, in seconds.
 ACCEPT_POLL_SECONDS = 0.05
 
@@ -539,6 +548,7 @@ def serve(args: argparse.Namespace) -> int:
     # may be one of many in a test process.
     raise_open_file_limit()
     threading.stack_size(THREAD_STACK_BYTES)
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     try:
         server = ChatServer(settings)
     except OSError as error:  # ssl.SSLError is one too

@@ -69,6 +69,25 @@ chat's own) next to their non-blocking sockets, so the event loop is the
 same as without TLS. With
 ``--compare-ncat`` ncat is started with ``--ssl --ssl-cert --ssl-key`` too.
 
+``--churn K`` (``churn.py``): N users (``-n``, default 10,000) register;
+K of them drop at the same instant, by RST (``--drop rst``, the default:
+SO_LINGER with a zero timeout, as when an access point reboots) or by an
+ordinary close (``--drop close``); then K new users join at once. A probe
+pair (``probe.py``, a process of its own) exchanges a private line every
+``--probe-interval`` ms throughout. The run prints the worst and p99
+delay of the probe's lines sent during each event, the time until the
+server's thread count (``Threads`` in ``/proc/PID/status``) has fallen by
+K after the drop and is back after the join, the join storm's
+registration time, and probe lines lost. ``--compare-ngircd`` runs the
+same against ngIRCd (Debian package ``ngircd``; skipped if missing),
+started by the bench in the foreground with a loopback-only configuration
+of its own in a temporary directory, on a free port, and stopped by its
+PID; its probe users log in as an IRC operator and take mode +F, or
+ngIRCd would throttle them to a few lines a second.
+
+The chat server's command line is assembled in one place,
+``targets.start_chat_server``; ``--server-arg`` adds to it.
+
 Everything goes to 127.0.0.1 or ::1 only. Each run is bounded by
 ``--timeout`` seconds (per run); a run that hits it reports what it got and
 is marked incomplete. The bench raises its open-file limit to the hard limit
@@ -85,12 +104,15 @@ Usage::
     python3 bench/load.py -n 20 -s 4 -m 1000 --rate 2000 --repeat 3
     python3 bench/load.py --port 4321 --server-pid 12345   # running server
     python3 bench/load.py --server-arg=--announce-limit=50 --json out.json
+    python3 bench/load.py --churn 5000 -n 10000       # 5,000 of 10,000 drop
+    python3 bench/load.py --churn 500 -n 1000 --drop close --compare-ngircd
 
 Scenarios (explicit -n/-s/-m/--rate override them):
 
 * ``fanout``:  N=100 S=10 M=500, unpaced (throughput, server CPU per line);
 * ``latency``: N=50 S=5 M=500, paced at 500 lines/s in total;
-* ``idle``:    N=10000 clients registered and held open (RSS per connection).
+* ``idle``:    N=10000 clients registered and held open (RSS per connection);
+* ``churn``:   N=10000, K=5000 drop at once, then K join (same as ``--churn``).
 
 Results are printed and written as JSON (``--json``, default
 ``bench/results/latest.json``). With ``--repeat K`` the summary shows the
