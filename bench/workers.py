@@ -33,6 +33,8 @@ CONNECT_WINDOW = 400
 #: ncat listens with a backlog of 10, and quits when a queued connection
 #: goes wrong, so it gets fewer at once.
 NCAT_CONNECT_WINDOW = 8
+#: ngIRCd resets some connections when hundreds arrive at once.
+IRC_CONNECT_WINDOW = 50
 #: Lines an unpaced sender stamps and queues at once.
 SEND_BATCH = 64
 BARRIER_RESEND_NS = 200_000_000
@@ -93,7 +95,8 @@ class Worker(ClientLoop):
         self.send_lags_ns: List[int] = []
         self.token_line = CHAT_TOKEN_LINE if self.chat else NCAT_TOKEN_LINE
         self.pumping = False              # unpaced senders are sending
-        window = CONNECT_WINDOW if self.chat else NCAT_CONNECT_WINDOW
+        window = (IRC_CONNECT_WINDOW if self.irc else CONNECT_WINDOW
+                  if self.chat else NCAT_CONNECT_WINDOW)
         self.window = max(1, window // plan.workers)
         # ncat prefixes only the first line of what it relays at once.
         self.bare_tokens = not self.chat
