@@ -241,6 +241,11 @@ class ChatHandler(socketserver.BaseRequestHandler):
         # TLS 1.3: lines the client sent right after its Finished message
         # may have come with it; they wait in the TLS buffers already.
         data = b""
+        # recv() holds a buffer of the size asked for while it waits: an
+        # idle user's thread asks for little (every idle connection would
+        # hold 64 KiB otherwise, some of it in memory), a busy one for a
+        # lot, after a read that filled what it asked for.
+        size = transport.IDLE_RECV_BYTES
         while True:
             try:
                 frames = self.decoder.feed(data)
@@ -253,12 +258,14 @@ class ChatHandler(socketserver.BaseRequestHandler):
             if self.decoder.ended:
                 return  # the peer ended TLS (close_notify)
             try:
-                data = self.sock.recv(transport.RECV_BYTES)
+                data = self.sock.recv(size)
             except OSError as error:  # reset, or shut down by the outbox
                 self.read_error = str(error)
                 return
             if not data:
                 return  # the peer closed the connection
+            size = (transport.RECV_BYTES if len(data) == size
+                    else transport.IDLE_RECV_BYTES)
 
     def pass_on(self, member: Member, frames: Sequence[Frame]) -> Member:
         """Give the room ``frames`` at the pace the token bucket allows:
