@@ -101,6 +101,12 @@ LOG_BURST = 200
 #: Nicknames a new connection may have refused in a row before it is
 #: closed (a script, or another protocol, is talking).
 MAX_NICK_FAILURES = 10
+#: Log records waiting for the log's writer thread before new ones are
+#: dropped.
+LOG_QUEUE_LINES = 100000
+#: Log lines a second about each kind of mass event (users connecting,
+#: disconnecting, refused); past that, one line a second counts them.
+LOG_BURST_LINES = 20
 #: Environment variable that may hold the admin password.
 PASSWORD_ENV = "CHAT_ADMIN_PASSWORD"
 #: The web front-end's HTTP port (``--web-port``).

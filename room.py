@@ -60,6 +60,11 @@ from members import (DETACHED, GONE, JOINING, ONLINE, Address,  # noqa: F401
 from protocol import Frame
 
 log = logging.getLogger("chat")
+# What happens to many users at once is counted, past a rate, rather than
+# logged line by line (see serverlog.py).
+_CONNECTED = {"burst": "new connections"}
+_REGISTERED = {"burst": "users registered"}
+_DEPARTED = {"burst": "users disconnected"}
 
 class Room(Commands):
     """The chat room.
@@ -136,7 +141,7 @@ class Room(Commands):
         if ban is not None:
             log.info("%s: refused: banned", format_address(address))
             return None
-        log.info("%s: connected", member.name)
+        log.info("%s: connected", member.name, extra=_CONNECTED)
         return member
 
     def receive(self, member: Member, frames: Sequence[Frame],
@@ -170,23 +175,40 @@ class Room(Commands):
         than the user leaving or the server cutting it), an online member's
         seat is kept for ``--resume-grace`` seconds instead."""
         with self._locked():
-            if member not in self._members or (
-                    link is not None and link is not member.link):
-                return  # gone already, or its seat went to a new connection
-            self._members.discard(member)
-            member.close_reason = member.close_reason or reason
-            if farewell:
-                self._send(member, farewell, last=True)
-            member.link.close()
-            if member.state == ONLINE and dropped and not self._closed \
-                    and self.settings.resume_grace > 0:
-                self._detach(member)
-                kept = True
-            else:
-                kept = False
-                if member.state == ONLINE:
-                    self._leave(member)
-                member.state = GONE
+            kept, ended = self._depart(member, reason, farewell, link,
+                                       dropped)
+        if ended is not None:
+            ended.close()
+        self._log_departure(member, kept)
+
+    def _depart(self, member: Member, reason: str, farewell: str,
+                link: Optional[Link], dropped: bool
+                ) -> Tuple[Optional[bool], Optional[Link]]:
+        """:meth:`disconnect`, with the lock held. Returns whether the
+        seat was kept (None if the member was gone already), and the link
+        the caller closes once the lock is released and the links are
+        flushed (closing shuts a socket down: a system call, which lets
+        the GIL go, and thousands of threads would queue on the lock)."""
+        if member not in self._members or (
+                link is not None and link is not member.link):
+            return None, None  # gone already, or its seat went to another
+        self._members.discard(member)
+        member.close_reason = member.close_reason or reason
+        if farewell:
+            self._send(member, farewell, last=True)
+        ended = member.link
+        if member.state == ONLINE and dropped and not self._closed \
+                and self.settings.resume_grace > 0:
+            self._detach(member)
+            return True, ended
+        if member.state == ONLINE:
+            self._leave(member)
+        member.state = GONE
+        return False, ended
+
+    def _log_departure(self, member: Member, kept: Optional[bool]) -> None:
+        if kept is None:
+            return
         why = f": {member.close_reason}" if member.close_reason else ""
         unlogged = member.refusals - config.LOG_REFUSALS_PER_CONNECTION
         if unlogged > 0:
@@ -194,11 +216,13 @@ class Room(Commands):
         if kept:
             log.info("%s (%s) lost connection%s; seat kept %g s",
                      member.nick, member.name, why,
-                     self.settings.resume_grace)
+                     self.settings.resume_grace, extra=_DEPARTED)
         elif member.nick:
-            log.info("%s (%s) left%s", member.nick, member.name, why)
+            log.info("%s (%s) left%s", member.nick, member.name, why,
+                     extra=_DEPARTED)
         else:
-            log.info("%s: disconnected%s", member.name, why)
+            log.info("%s: disconnected%s", member.name, why,
+                     extra=_DEPARTED)
 
     def expire(self, member: Member) -> bool:
         """The member's time to choose a nickname is up: tell it and close,
@@ -227,7 +251,7 @@ class Room(Commands):
                     self._leave(seat)
                     seat.state = GONE
                     log.info("%s (%s) left: %s", seat.nick, seat.name,
-                             seat.close_reason)
+                             seat.close_reason, extra=_DEPARTED)
             self._send_events()
             self._send_quiet_events()
 
@@ -440,7 +464,8 @@ class Room(Commands):
         replay = self._history.replay(self.settings.history)
         if replay:
             self._send(member, *replay)
-        log.info("%s registered as %s", member.name, nick)
+        log.info("%s registered as %s", member.name, nick,
+                 extra=_REGISTERED)
         self._announce("joined", nick, exclude=member, by=member)
 
     def _greet(self, member: Member, welcome: str) -> None:

@@ -20,11 +20,13 @@ In-process use (tests)::
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import heapq
 import itertools
 import logging
 import os
+import queue
 import re
 import secrets
 import signal
@@ -40,6 +42,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import config
 import guard
 import protocol
+import serverlog
 import transport
 import web
 from config import ServerConfig
@@ -56,6 +59,15 @@ log = logging.getLogger("chat")
 #: Stack size for connection threads. Python code needs little C stack, and
 #: the default 8 MiB of address space per thread adds up at 10,000 users.
 THREAD_STACK_BYTES = 256 * 1024
+#: How long a thread may run on before it must hand the GIL to a waiting
+#: one (Python's default is 0.005 s). A handler thread gives the GIL up
+#: by itself long before that, at every socket call; what a forced switch
+#: mostly interrupts is a thread holding a lock (the room's, an outbox's),
+#: and then every thread that wants that lock queues behind it until it
+#: gets the GIL back, after every other runnable thread. When thousands
+#: of users drop at once that is thousands of threads: a longer interval
+#: makes such switches rare (the churn benchmark in README.md).
+GIL_SWITCH_SECONDS = 0.2
 #: How often the accept loop checks whether it should stop, in seconds.
 ACCEPT_POLL_SECONDS = 0.05
 
@@ -238,6 +250,11 @@ class ChatHandler(socketserver.BaseRequestHandler):
         # TLS 1.3: lines the client sent right after its Finished message
         # may have come with it; they wait in the TLS buffers already.
         data = b""
+        # recv() holds a buffer of the size asked for while it waits: an
+        # idle user's thread asks for little (every idle connection would
+        # hold 64 KiB otherwise, some of it in memory), a busy one for a
+        # lot, after a read that filled what it asked for.
+        size = transport.IDLE_RECV_BYTES
         while True:
             try:
                 frames = self.decoder.feed(data)
@@ -250,12 +267,14 @@ class ChatHandler(socketserver.BaseRequestHandler):
             if self.decoder.ended:
                 return  # the peer ended TLS (close_notify)
             try:
-                data = self.sock.recv(transport.RECV_BYTES)
+                data = self.sock.recv(size)
             except OSError as error:  # reset, or shut down by the outbox
                 self.read_error = str(error)
                 return
             if not data:
                 return  # the peer closed the connection
+            size = (transport.RECV_BYTES if len(data) == size
+                    else transport.IDLE_RECV_BYTES)
 
     def pass_on(self, member: Member, frames: Sequence[Frame]) -> Member:
         """Give the room ``frames`` at the pace the token bucket allows:
@@ -312,10 +331,18 @@ class ChatServer(socketserver.ThreadingTCPServer):
         self.tls_context = (make_tls_context(settings.tls_cert,
                                              settings.tls_key)
                             if settings.tls_cert else None)
-        # _count_lock guards the two fields below it.
+        # Connections are counted without a lock their threads could queue
+        # on: the accept loops alone count them in (_connection_count, under
+        # _seat_lock, which only the two accept loops, TCP and web, take),
+        # and a handler thread that ends only drops a token into _ended, a
+        # SimpleQueue (it takes no lock a thread could wait on); the
+        # accept loops take the tokens out as they count.
+        self._seat_lock = threading.Lock()
+        self._connection_count = 0  # accepted; by the accept loops only
+        self._ended: "queue.SimpleQueue[None]" = queue.SimpleQueue()
+        # _count_lock guards _stopping; stop() waits on _all_closed.
         self._count_lock = threading.Lock()
         self._all_closed = threading.Condition(self._count_lock)
-        self._connection_count = 0  # handler threads running
         self._stopping = False
         self._stopped = threading.Event()
         self._serving = False
@@ -352,7 +379,7 @@ class ChatServer(socketserver.ThreadingTCPServer):
     @property
     def connection_count(self) -> int:
         """Connections being served now (registered or not)."""
-        return self._connection_count
+        return self._connection_count - self._ended.qsize()
 
     @property
     def stopping(self) -> bool:
@@ -414,10 +441,13 @@ class ChatServer(socketserver.ThreadingTCPServer):
             for member in members:
                 member.link.close()
             # Let the handlers finish (and log who left) before saying so.
+            # A thread that ended just as stopping began may not have
+            # notified: look again every poll interval.
             with self._all_closed:
-                self._all_closed.wait_for(
-                    lambda: self._connection_count == 0,
-                    max(0.0, deadline - time.monotonic()))
+                while self.connection_count > 0 and \
+                        time.monotonic() < deadline:
+                    self._all_closed.wait(min(
+                        ACCEPT_POLL_SECONDS, deadline - time.monotonic()))
             log.info("stopped", extra={"always": True})
         if self.transcript is not None:
             self.transcript.close()
@@ -435,35 +465,46 @@ class ChatServer(socketserver.ThreadingTCPServer):
 
     # -- Connections
 
+    def take_seat(self, client_address: Address) -> Optional[str]:
+        """Count a new connection in, from an accept loop (this server's
+        or the web one's): None if it may stay, else the one line to
+        refuse it with. Counting in the accept loop means a burst of
+        connections cannot overshoot the limits. A connection let in gives
+        its seat back with :meth:`give_seat_back` when it ends."""
+        with self._seat_lock:
+            for _ in range(self._ended.qsize()):  # the threads that ended
+                self._ended.get_nowait()
+                self._connection_count -= 1
+            if self._connection_count >= self.config.max_clients:
+                return protocol.format_server_full(self.config.max_clients)
+            # Then what this one address may have: a host cannot take
+            # every seat, reconnect in a loop, or come back straight after
+            # a kick.
+            why = self.room.guard.admit(guard.host_of(client_address))
+            if why is not None:
+                return protocol.format_refused(why)
+            self._connection_count += 1
+            return None
+
+    def give_seat_back(self, client_address: Address) -> None:
+        """A connection :meth:`take_seat` let in has ended (or no thread
+        could be started for it). Takes no lock but the guard's."""
+        self.room.guard.release(guard.host_of(client_address))
+        self._count_out()
+
     def process_request(self, request: socket.socket,
                         client_address: Address) -> None:
-        # Count connections here, in the accept loop, so a burst of them
-        # cannot overshoot the limit; refusing needs one short non-blocking
-        # send to a new socket, which cannot block.
-        with self._count_lock:
-            full = self._connection_count >= self.config.max_clients
-            if not full:
-                self._connection_count += 1
-        if full:
-            log.warning("%s: refused, server full",
-                        format_address(client_address))
-            self._refuse(request, protocol.format_server_full(
-                self.config.max_clients))
-            return
-        # Then what this one address may have: a host cannot take every
-        # seat, reconnect in a loop, or come back straight after a kick.
-        host = guard.host_of(client_address)
-        why = self.room.guard.admit(host)
-        if why is not None:
-            self._count_out()
-            log.info("%s: refused: %s", format_address(client_address), why)
-            self._refuse(request, protocol.format_refused(why))
+        refusal = self.take_seat(client_address)
+        if refusal is not None:
+            log.info("%s: refused: %s", format_address(client_address),
+                     refusal[len(protocol.ERROR):],
+                     extra={"burst": "connections refused"})
+            self._refuse(request, refusal)
             return
         try:
             super().process_request(request, client_address)
         except BaseException:  # no thread could be started for it
-            self.room.guard.release(host)
-            self._count_out()
+            self.give_seat_back(client_address)
             raise
 
     def _refuse(self, request: socket.socket, line: str) -> None:
@@ -479,13 +520,13 @@ class ChatServer(socketserver.ThreadingTCPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self.room.guard.release(guard.host_of(client_address))
-            self._count_out()
+            self.give_seat_back(client_address)
 
     def _count_out(self) -> None:
-        with self._count_lock:
-            self._connection_count -= 1
-            if self._connection_count == 0:
+        """A connection's thread ends (or none could be started for it)."""
+        self._ended.put(None)
+        if self._stopping:  # stop() may be waiting for the last one
+            with self._all_closed:
                 self._all_closed.notify_all()
 
     def handle_error(self, request: socket.socket,
@@ -613,16 +654,23 @@ def show_password(password: str) -> str:
     return path
 
 
-
 def main(argv: Optional[List[str]] = None) -> int:
     args = config.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s")
+    # Connection threads only queue their log records; one thread writes.
+    listener = serverlog.start(logging.DEBUG if args.verbose
+                               else logging.INFO)
     # Whatever clients do, the log grows by a bounded number of lines a
     # second (guard.LogBudget); the server's own start and stop always
     # get in.
     log.addFilter(guard.LogBudget())
+    try:
+        return serve(args)
+    finally:
+        serverlog.stop(listener)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """main(), once the log is set up."""
     settings: ServerConfig = args.config
     try:
         password, source = admin_password(settings)
@@ -638,6 +686,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     # may be one of many in a test process.
     raise_open_file_limit()
     threading.stack_size(THREAD_STACK_BYTES)
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     try:
         server = ChatServer(settings)
     except OSError as error:  # ssl.SSLError is one too

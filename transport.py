@@ -30,6 +30,10 @@ from protocol import Frame
 #: Bytes asked of one ``recv``: large enough that a flood of lines is read
 #: (and its replies coalesced) in few system calls.
 RECV_BYTES = 64 * 1024
+#: Bytes the server asks of a ``recv`` while a connection is quiet (the
+#: last read did not fill what it asked for): the buffer is held while
+#: the thread waits, and the server has thousands of them waiting.
+IDLE_RECV_BYTES = 4 * 1024
 #: Plain text asked of TLS at a time: large pieces mean fewer, larger
 #: allocations, which the bench shows is measurably cheaper.
 TLS_READ_BYTES = 256 * 1024

@@ -528,18 +528,17 @@ class WebServer(socketserver.ThreadingTCPServer):
 
     def process_request(self, request: socket.socket,
                         client_address: Address) -> None:
-        chat = self.chat
-        with chat._count_lock:
-            full = chat._connection_count >= self.config.max_clients \
-                or chat.stopping
-            if not full:
-                chat._connection_count += 1
-        if full:
-            log.warning("%s: refused (web), server full",
-                        format_address(client_address))
+        refusal = self.chat.take_seat(client_address)
+        if refusal is None and self.chat.stopping:
+            self.chat.give_seat_back(client_address)
+            refusal = protocol.format_shutdown()
+        if refusal is not None:
+            log.info("%s: refused (web): %s", format_address(client_address),
+                     refusal[len(protocol.ERROR):],
+                     extra={"burst": "connections refused"})
             if self.tls_context is None:  # else no TLS yet to say it in
                 try:  # one short non-blocking send to a new socket
-                    request.send(SERVER_FULL, _DONTWAIT)
+                    request.send(refused_response(refusal), _DONTWAIT)
                 except OSError:
                     pass
             self.shutdown_request(request)
@@ -547,7 +546,7 @@ class WebServer(socketserver.ThreadingTCPServer):
         try:
             super().process_request(request, client_address)
         except BaseException:
-            chat._count_out()
+            self.chat.give_seat_back(client_address)
             raise
 
     def process_request_thread(self, request: socket.socket,
@@ -555,7 +554,7 @@ class WebServer(socketserver.ThreadingTCPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self.chat._count_out()
+            self.chat.give_seat_back(client_address)
 
     def handle_error(self, request: socket.socket,
                      client_address: Address) -> None:
@@ -592,12 +591,22 @@ class WebServer(socketserver.ThreadingTCPServer):
 
 #: How often the web accept loop checks whether it should stop.
 ACCEPT_POLL_SECONDS = 0.05
-#: The answer to a connection over --max-clients (plain HTTP only).
-SERVER_FULL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 17\r\n"
-               b"Connection: close\r\n\r\nthe chat is full\n")
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 #: Hosts that mean "every address of this computer".
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+def refused_response(line: str) -> bytes:
+    """The HTTP answer to a connection the chat will not take (full, too
+    many from one address, a ban, shutting down): 503, with the server's
+    line as the text (plain HTTP only; with TLS there is nothing to say
+    it in yet)."""
+    body = (line[len(protocol.ERROR):] if line.startswith(protocol.ERROR)
+            else line).encode("utf-8") + b"\n"
+    return (b"HTTP/1.1 503 Service Unavailable\r\n"
+            b"Content-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n"
+            b"Connection: close\r\n\r\n" + body)
 
 
 def open_web(chat: "ChatServer", handler: type) -> Optional[WebServer]:

@@ -23,7 +23,7 @@ from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 # common first: importing it puts the repository root on sys.path.
-from common import CHAT, NS_PER_S, Plan, now_ns
+from common import CHAT, IRC, NS_PER_S, Plan, now_ns
 
 import protocol
 from transport import LineDecoder, TLSLayer
@@ -87,7 +87,10 @@ class ClientLoop:
                  plan: Plan, clients: List[Client]) -> None:
         self.conn = conn
         self.plan = plan
-        self.chat = plan.protocol == CHAT
+        # An IRC server (the churn scenario's comparison) is driven like
+        # the chat: one line to register, a welcome line to wait for.
+        self.irc = plan.protocol == IRC
+        self.chat = plan.protocol == CHAT or self.irc
         self.clients = clients
         self.selector = selectors.DefaultSelector()
         self.selector.register(conn.fileno(), READ, None)
@@ -248,6 +251,11 @@ class ClientLoop:
         if protocol.OVERLONG in frames:
             self._drop(client, "line without end from the server")
             return
+        if self.irc:
+            for frame in frames:
+                if frame.startswith(b"PING"):  # type: ignore[union-attr]
+                    self._send(client, b"PONG" + bytes(frame[4:]).rstrip(
+                        b"\r") + b"\r\n")
         self.on_lines(client, frames, arrived)  # type: ignore[arg-type]
 
     def _decrypt(self, client: Client, data: bytes) -> bytes:

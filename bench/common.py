@@ -28,6 +28,7 @@ PROCESS_STOP_TIMEOUT_S = 5.0
 
 CHAT = "chat"
 NCAT = "ncat"
+IRC = "irc"      # ngIRCd, for the churn scenario
 
 # What clients send and what receivers look for.
 CHAT_TOKEN_LINE = b"-all t %d %d %d\n"

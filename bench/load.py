@@ -69,6 +69,25 @@ chat's own) next to their non-blocking sockets, so the event loop is the
 same as without TLS. With
 ``--compare-ncat`` ncat is started with ``--ssl --ssl-cert --ssl-key`` too.
 
+``--churn K`` (``churn.py``): N users (``-n``, default 10,000) register;
+K of them drop at the same instant, by RST (``--drop rst``, the default:
+SO_LINGER with a zero timeout, as when an access point reboots) or by an
+ordinary close (``--drop close``); then K new users join at once. A probe
+pair (``probe.py``, a process of its own) exchanges a private line every
+``--probe-interval`` ms throughout. The run prints the worst and p99
+delay of the probe's lines sent during each event, the time until the
+server's thread count (``Threads`` in ``/proc/PID/status``) has fallen by
+K after the drop and is back after the join, the join storm's
+registration time, and probe lines lost. ``--compare-ngircd`` runs the
+same against ngIRCd (Debian package ``ngircd``; skipped if missing),
+started by the bench in the foreground with a loopback-only configuration
+of its own in a temporary directory, on a free port, and stopped by its
+PID; its probe users log in as an IRC operator and take mode +F, or
+ngIRCd would throttle them to a few lines a second.
+
+The chat server's command line is assembled in one place,
+``targets.start_chat_server``; ``--server-arg`` adds to it.
+
 Everything goes to 127.0.0.1 or ::1 only. Each run is bounded by
 ``--timeout`` seconds (per run); a run that hits it reports what it got and
 is marked incomplete. The bench raises its open-file limit to the hard limit
@@ -85,12 +104,15 @@ Usage::
     python3 bench/load.py -n 20 -s 4 -m 1000 --rate 2000 --repeat 3
     python3 bench/load.py --port 4321 --server-pid 12345   # running server
     python3 bench/load.py --server-arg=--announce-limit=50 --json out.json
+    python3 bench/load.py --churn 5000 -n 10000       # 5,000 of 10,000 drop
+    python3 bench/load.py --churn 500 -n 1000 --drop close --compare-ngircd
 
 Scenarios (explicit -n/-s/-m/--rate override them):
 
 * ``fanout``:  N=100 S=10 M=500, unpaced (throughput, server CPU per line);
 * ``latency``: N=50 S=5 M=500, paced at 500 lines/s in total;
-* ``idle``:    N=10000 clients registered and held open (RSS per connection).
+* ``idle``:    N=10000 clients registered and held open (RSS per connection);
+* ``churn``:   N=10000, K=5000 drop at once, then K join (same as ``--churn``).
 
 Results are printed and written as JSON (``--json``, default
 ``bench/results/latest.json``). With ``--repeat K`` the summary shows the
@@ -121,8 +143,9 @@ from typing import Any, Dict, List, Optional
 from common import BENCH_DIR, CHAT, NCAT, REPO_DIR, Scenario
 from report import (IDLE_FIGURES, MESSAGE_FIGURES, compare, print_comparison,
                     print_run, print_summary, summarise, write_json)
+from churn import CHURN_FIGURES, IRC, print_churn, run_churn
 from runs import run_clean, run_once
-from targets import NCAT_MAX_CLIENTS, TLS_CERT, is_loopback
+from targets import NCAT_MAX_CLIENTS, NGIRCD_BINARY, TLS_CERT, is_loopback
 
 DEFAULT_SERVER = os.path.join(REPO_DIR, "server.py")
 DEFAULT_JSON = os.path.join(BENCH_DIR, "results", "latest.json")
@@ -139,7 +162,12 @@ SCENARIOS = {
     "latency": Scenario(clients=50, senders=5, messages=500, rate=500.0),
     "idle": Scenario(clients=10000, senders=0, messages=0, rate=0.0,
                      idle=True),
+    "churn": Scenario(clients=10000, senders=0, messages=0, rate=0.0,
+                      idle=True),
 }
+#: The churn scenario: users dropping at once, out of N (default N/2).
+DEFAULT_CHURN_FRACTION = 0.5
+DEFAULT_PROBE_INTERVAL_MS = 5.0
 
 
 
@@ -202,6 +230,20 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         help="runs per target; the summary shows medians (default 1)")
     add("--compare-ncat", action="store_true",
         help="also run the scenario against 'ncat --chat' and print ratios")
+    add("--churn", type=int, metavar="K",
+        help="churn scenario: of N registered users (default 10000), K"
+             " drop at once, then K new ones join at once, while a probe"
+             " pair exchanges private lines (default K = N/2)")
+    add("--drop", choices=("rst", "close"), default="rst",
+        help="churn: how the K users drop, by TCP reset or by an ordinary"
+             " close (default %(default)s)")
+    add("--probe-interval", type=float, default=DEFAULT_PROBE_INTERVAL_MS,
+        metavar="MS",
+        help="churn: one private line of the probe pair every MS"
+             " milliseconds (default %(default)s)")
+    add("--compare-ngircd", action="store_true",
+        help="churn: also run it against ngIRCd (Debian package ngircd),"
+             " started with a loopback-only configuration of its own")
     add("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
         help="limit for each run; then it reports what it got and is marked"
              " incomplete (default %(default)s)")
@@ -227,6 +269,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         help="with --tls: certificates the clients trust (default"
              " tests/tls/cert.pem)")
     args = parser.parse_args(argv)
+    args.oper_password = os.urandom(8).hex()  # ngIRCd's, for the probe
     if args.cafile and not args.tls:
         parser.error("--cafile goes with --tls")
     args.cafile = args.cafile or (TLS_CERT if args.tls else "")
@@ -244,6 +287,18 @@ def resolve_scenario(parser: argparse.ArgumentParser,
     if args.idle is not None:
         args.scenario = "idle"
         args.clients = args.idle
+    if args.churn is not None or args.scenario == "churn":
+        args.scenario = "churn"
+        n = args.clients or SCENARIOS["churn"].clients
+        if args.churn is None:
+            args.churn = int(n * DEFAULT_CHURN_FRACTION)
+        if not 1 <= args.churn <= n or args.probe_interval <= 0:
+            parser.error("--churn K needs 1 <= K <= N, --probe-interval"
+                         " > 0")
+        if args.tls or args.compare_ncat:
+            parser.error("--churn goes without --tls and --compare-ncat")
+    elif args.compare_ngircd:
+        parser.error("--compare-ngircd goes with --churn")
     preset = SCENARIOS[args.scenario]
 
     def pick(value: Optional[float], default: float) -> Any:
@@ -273,9 +328,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     signal.signal(signal.SIGTERM, interrupt)
     scenario: Scenario = args.plan
     fd_limit = raise_fd_limit()
-    if fd_limit < scenario.clients + 100:
+    needed = scenario.clients + (args.churn or 0) + 100
+    if fd_limit < needed:
         print(f"warning: open-file limit {fd_limit} is low for"
-              f" {scenario.clients} clients", file=sys.stderr)
+              f" {needed - 100} clients", file=sys.stderr)
+    if args.scenario == "churn":
+        return churn_main(args, scenario)
     kinds = [CHAT]
     if args.compare_ncat:
         if shutil.which("ncat") is None:
@@ -318,6 +376,41 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"\nresults written to {args.json}")
     return 0 if ok else 1
 
+
+def churn_main(args: argparse.Namespace, scenario: Scenario) -> int:
+    """``--churn``: the chat server, and ngIRCd with --compare-ngircd."""
+    kinds = [CHAT]
+    if args.compare_ngircd:
+        if shutil.which(NGIRCD_BINARY) is None:
+            print("ngircd is not installed (Debian: apt-get install"
+                  " ngircd); skipping the comparison")
+        else:
+            kinds.append(IRC)
+    tag = os.urandom(2).hex()
+    runs: Dict[str, List[Dict[str, Any]]] = {kind: [] for kind in kinds}
+    for number in range(1, args.repeat + 1):
+        for kind in kinds:
+            run = run_churn(args, kind, scenario, tag + str(number))
+            runs[kind].append(run)
+            print_churn(run, number, args.repeat)
+    summaries = {kind: summarise(runs[kind], CHURN_FIGURES)
+                 for kind in kinds}
+    if args.repeat > 1:
+        for kind in kinds:
+            print_summary(kind, summaries[kind], args.repeat, CHURN_FIGURES)
+    ok = all(run["complete"] for run in runs[CHAT])
+    write_json(args.json, {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "argv": sys.argv[1:], "scenario": "churn",
+        "settings": {"n": scenario.clients, "k": args.churn,
+                     "drop": args.drop,
+                     "probe_interval_ms": args.probe_interval,
+                     "workers": args.workers, "repeat": args.repeat,
+                     "timeout_s": args.timeout, "cpus": os.cpu_count()},
+        "runs": [run for kind in kinds for run in runs[kind]],
+        "summary": summaries, "ok": ok})
+    print(f"\nresults written to {args.json}")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

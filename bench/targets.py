@@ -33,6 +33,37 @@ SERVER_START_TIMEOUT_S = 15.0
 NCAT_MAX_CLIENTS = 1000
 NCAT_EXTRA_CONNS = 16
 NCAT_START_TIMEOUT_S = 5.0
+NGIRCD = "ngircd"
+NGIRCD_BINARY = "ngircd"
+#: The IRC operator the probe pair logs in as: ngIRCd throttles a user to
+#: a few commands a second unless an operator gives it mode +F.
+NGIRCD_OPER = "probe"
+#: ngIRCd's configuration for the bench: loopback only, no limits on
+#: connections (all come from one address), no DNS or ident look-ups,
+#: long ping times (the bench's users are idle), nicknames as long as the
+#: bench's.
+NGIRCD_CONFIG = """\
+[Global]
+    Name = bench.irc.localhost
+    Info = chat bench comparison
+    Listen = {host}
+    Ports = {port}
+    PidFile = {directory}/ngircd.pid
+    MotdPhrase = bench
+[Limits]
+    MaxConnections = 0
+    MaxConnectionsIP = 0
+    MaxNickLength = 30
+    PingTimeout = 600
+    PongTimeout = 600
+[Operator]
+    Name = {oper}
+    Password = {oper_password}
+[Options]
+    DNS = no
+    Ident = no
+    PAM = no
+"""
 
 LISTENING_RE = re.compile(r"listening on \[?([0-9A-Fa-f:.]+)\]?:(\d+)")
 
@@ -104,15 +135,31 @@ def stop_process(process: subprocess.Popen) -> Dict[str, Any]:
     return {"stop_s": round(time.monotonic() - started, 3), "killed": killed}
 
 
+#: Options that turn off what the bench must not meet: every client comes
+#: from one address, and the web page is not measured here. An older
+#: server.py (``--server``, to compare) may not know them all.
+LIMITS_OFF = (("--max-per-address", "0"), ("--connects-per-minute", "0"),
+              ("--web-port", "off"))
+
+
+def limits_off(server: str) -> List[str]:
+    """Those of :data:`LIMITS_OFF` that ``server`` knows (its --help)."""
+    shown = subprocess.run([sys.executable, server, "--help"],
+                           capture_output=True, text=True,
+                           timeout=PROCESS_STOP_TIMEOUT_S).stdout
+    return [word for option, value in LIMITS_OFF if option in shown
+            for word in (option, value)]
+
+
 def start_chat_server(args: argparse.Namespace, clients: int) -> Target:
     """Start server.py on a free port and wait for its listening line."""
     log = tempfile.NamedTemporaryFile(prefix="chat-bench-server-",
                                       suffix=".log", delete=False)
     command = [sys.executable, args.server, "--host", args.host,
                "--port", "0", "--admin-password", os.urandom(8).hex(),
-               "--rate-limit", "0", "--max-per-address", "0",
-               "--connects-per-minute", "0",
+               "--rate-limit", "0",
                "--max-clients", str(max(SERVER_MAX_CLIENTS, clients + 100))]
+    command += limits_off(args.server)
     if args.tls:
         command += ["--tls-cert", TLS_CERT, "--tls-key", TLS_KEY]
     command += args.server_arg
@@ -173,14 +220,51 @@ def start_ncat(host: str, clients: int, tls: bool = False) -> Target:
     raise RuntimeError(f"ncat did not start accepting connections:\n  {tail}")
 
 
+def start_ngircd(host: str, oper_password: str) -> Target:
+    """Start ngIRCd in the foreground with a loopback-only configuration
+    of its own, in a temporary directory, on a free port; wait until it
+    accepts."""
+    port = free_port(host)
+    family, address = resolve(host, port)
+    directory = tempfile.mkdtemp(prefix="chat-bench-ngircd-")
+    conf = os.path.join(directory, "ngircd.conf")
+    with open(conf, "w") as out:
+        out.write(NGIRCD_CONFIG.format(
+            host=address[0], port=port, directory=directory,
+            oper=NGIRCD_OPER, oper_password=oper_password))
+    log_path = os.path.join(directory, "ngircd.log")
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([NGIRCD_BINARY, "--nodaemon", "--config",
+                                    conf], stdin=subprocess.DEVNULL,
+                                   stdout=log, stderr=log, cwd=directory)
+    target = Target(NGIRCD, family, address, process.pid, process,
+                    log_path)
+    deadline = time.monotonic() + NCAT_START_TIMEOUT_S
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            socket.create_connection(address[:2], timeout=1).close()
+            return target
+        except OSError:
+            time.sleep(0.05)
+    tail = "\n  ".join(target.log_tail())
+    close_target(target)
+    raise RuntimeError(f"ngircd did not start accepting:\n  {tail}")
+
+
 def close_target(target: Target) -> None:
     if target.process is not None:
         target.stopped = stop_process(target.process)
     if target.log_path:
-        try:
-            os.unlink(target.log_path)
-        except OSError:
-            pass
+        paths = [target.log_path]
+        if target.label == NGIRCD:  # its own directory
+            directory = os.path.dirname(target.log_path)
+            paths = [os.path.join(directory, name)
+                     for name in os.listdir(directory)] + [directory]
+        for path in paths:
+            try:
+                (os.rmdir if os.path.isdir(path) else os.unlink)(path)
+            except OSError:
+                pass
 
 
 @contextmanager
@@ -190,6 +274,8 @@ def open_target(args: argparse.Namespace, kind: str,
     one named by --port."""
     if kind == NCAT:
         target = start_ncat(args.host, clients, args.tls)
+    elif kind == NGIRCD:
+        target = start_ngircd(args.host, args.oper_password)
     elif args.port:
         family, address = resolve(args.host, args.port)
         target = Target(CHAT, family, address, args.server_pid)
@@ -230,3 +316,17 @@ def proc_memory_kib(pid: Optional[int]) -> Dict[str, int]:
         pass
     return found
 
+
+def proc_threads(pid: Optional[int]) -> Optional[int]:
+    """The number of threads of process ``pid`` (``Threads`` in
+    /proc/PID/status), or None."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("Threads:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None

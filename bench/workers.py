@@ -15,10 +15,12 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.connection
 import signal
+import socket
+import struct
 from collections import deque
 from typing import Any, Callable, Dict, List, Sequence, Set, Tuple
 
-from clients import READ, READY, REGISTERING, Client, ClientLoop
+from clients import NEW, READ, READY, REGISTERING, Client, ClientLoop
 from common import (CHAT_BARRIER_LINE, CHAT_TOKEN_LINE, NCAT_BARRIER_LINE,
                     NCAT_TOKEN_LINE, NS_PER_S, PROCESS_STOP_TIMEOUT_S,
                     RESULT_GRACE_S, TOKEN_MARK, BARE_TOKEN_MARK, Plan,
@@ -31,6 +33,8 @@ CONNECT_WINDOW = 400
 #: ncat listens with a backlog of 10, and quits when a queued connection
 #: goes wrong, so it gets fewer at once.
 NCAT_CONNECT_WINDOW = 8
+#: ngIRCd resets some connections when hundreds arrive at once.
+IRC_CONNECT_WINDOW = 50
 #: Lines an unpaced sender stamps and queues at once.
 SEND_BATCH = 64
 BARRIER_RESEND_NS = 200_000_000
@@ -50,6 +54,8 @@ BARRIER_MARK = b" barrier "
 WELCOME_MARK = b"* Welcome, "
 PROMPT_MARK = b"* Choose a nickname"
 ERROR_MARK = b"! "
+IRC_WELCOME_MARK = b" 001 "
+IRC_NICK_TAKEN_MARK = b" 433 "
 
 
 def nick_for(tag: str, index: int) -> str:
@@ -89,7 +95,8 @@ class Worker(ClientLoop):
         self.send_lags_ns: List[int] = []
         self.token_line = CHAT_TOKEN_LINE if self.chat else NCAT_TOKEN_LINE
         self.pumping = False              # unpaced senders are sending
-        window = CONNECT_WINDOW if self.chat else NCAT_CONNECT_WINDOW
+        window = (IRC_CONNECT_WINDOW if self.irc else CONNECT_WINDOW
+                  if self.chat else NCAT_CONNECT_WINDOW)
         self.window = max(1, window // plan.workers)
         # ncat prefixes only the first line of what it relays at once.
         self.bare_tokens = not self.chat
@@ -102,7 +109,9 @@ class Worker(ClientLoop):
                 return
             command = self.inbox.popleft()
             if command[0] == "register":
-                self.register()
+                self.register(*command[1:])
+            elif command[0] == "drop":
+                self.drop(*command[1:])
             elif command[0] == "barrier":
                 self.barrier()
             elif command[0] == "go":
@@ -123,9 +132,15 @@ class Worker(ClientLoop):
 
     # Phase 1: connect and register.
 
-    def register(self) -> None:
+    def register(self, limit: int = 0, tag: str = "registered") -> None:
+        """Connect and register the clients not started yet (with
+        ``limit``, those whose index is below it); reply ``tag``."""
         started, cpu_before = now_ns(), cpu_seconds()
-        waiting = deque(self.clients)
+        batch = [c for c in self.clients if c.state == NEW
+                 and (not limit or c.index < limit)]
+        waiting = deque(batch)
+        self.settled = 0
+        self.first_connect_ns = 0
         next_check = [0]
         self.on_lines = self._register_lines
 
@@ -137,10 +152,10 @@ class Worker(ClientLoop):
                 next_check[0] = now + NCAT_CHECK_NS
             return next_check[0] if not self.chat else now + NS_PER_S
 
-        self.serve(lambda: self.settled == len(self.clients)
+        self.serve(lambda: self.settled == len(batch)
                    or self._interrupted(), self.plan.deadline_ns, tick)
-        ready = [c for c in self.clients if c.state == READY]
-        self.reply("registered", {
+        ready = [c for c in batch if c.state == READY]
+        self.reply(tag, {
             "ready": len(ready),
             "first_ns": self.first_connect_ns or started,
             "last_ns": max((c.registered_ns for c in ready), default=0),
@@ -161,7 +176,11 @@ class Worker(ClientLoop):
     def _secured(self, client: Client) -> None:
         """Connected (and through the TLS handshake): register. A TLS
         client waits for the prompt (see _register_lines)."""
-        if self.chat and client.tls is None:
+        if self.irc:
+            nick = client.nick.encode()
+            self._send(client, b"NICK %s\r\nUSER %s 0 * :%s\r\n"
+                       % (nick, nick, nick))
+        elif self.chat and client.tls is None:
             self._send(client, client.nick.encode() + b"\n")
         else:
             self._set_events(client, READ)
@@ -182,11 +201,14 @@ class Worker(ClientLoop):
                         now: int) -> None:
         if client.state != REGISTERING:
             return
-        if not self.chat or any(WELCOME_MARK in line for line in lines):
+        welcome = IRC_WELCOME_MARK if self.irc else WELCOME_MARK
+        if not self.chat or any(welcome in line for line in lines):
             self._ready(client, now)
             return
         for line in lines:
-            if line.startswith(ERROR_MARK):
+            if line.startswith(ERROR_MARK) or (
+                    self.irc and (line.startswith(b"ERROR")
+                                  or IRC_NICK_TAKEN_MARK in line)):
                 text = line.decode("utf-8", "replace")
                 self._drop(client, f"refused: {text[:100]}")
                 return
@@ -201,6 +223,21 @@ class Worker(ClientLoop):
             if (client.state == REGISTERING
                     and now - client.started_ns > NCAT_REGISTER_WAIT_NS):
                 self._ready(client, now)
+
+    def drop(self, count: int, limit: int, reset: bool) -> None:
+        """The churn scenario: ``count`` registered clients (of those whose
+        index is below ``limit``) go at once, by RST (``reset``: SO_LINGER
+        with a zero timeout) or by an ordinary close (FIN)."""
+        going = [c for c in self.clients
+                 if c.state == READY and c.index < limit][:count]
+        at_ns = now_ns()
+        for client in going:
+            if reset:
+                client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                       struct.pack("ii", 1, 0))
+            self._close(client)
+        self.reply("dropped", {"count": len(going), "at_ns": at_ns,
+                               "end_ns": now_ns()})
 
     # Phase 2: the barrier.
 

@@ -35,3 +35,27 @@ def test_tiny_fanout_run_delivers_every_line_once_in_order(tmp_path):
     assert len(run["generator"]["busy"]) == 2
     # The bench stopped the server it started.
     assert not os.path.exists(f"/proc/{run['server']['pid']}")
+
+
+def test_tiny_churn_run_drops_and_joins_and_loses_no_probe_line(tmp_path):
+    out = tmp_path / "churn.json"
+    done = subprocess.run(
+        [sys.executable, BENCH, "--churn", "4", "-n", "8", "--workers", "2",
+         "--hold", "0", "--timeout", "30", "--json", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        universal_newlines=True, timeout=RUN_TIMEOUT_S, cwd=ROOT)
+    assert done.returncode == 0, done.stdout
+    result = json.loads(out.read_text())
+    assert result["ok"] is True
+    (run,) = result["runs"]
+    assert run["complete"], run["errors"]
+    assert (run["n"], run["k"], run["drop_mode"]) == (8, 4, "rst")
+    assert run["registered"] == 8
+    assert run["dropped"] == run["joined"] == 4
+    assert run["still_connected"] == 8
+    assert run["probe_sent"] > 0 and run["lost"] == 0
+    # The server's threads went down by the 4 dropped and back up.
+    assert run["threads_after_drop"] <= run["threads_before"] - 4
+    assert run["threads_after_join"] >= run["threads_before"]
+    assert run["probe_drop_ms"]["max"] is not None
+    assert not os.path.exists(f"/proc/{run['server']['pid']}")

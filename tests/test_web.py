@@ -464,6 +464,28 @@ def test_web_connections_count_towards_max_clients(make_server, clients):
     user.conn.close()
 
 
+def test_per_address_limits_count_web_and_tcp_together(make_server,
+                                                        clients):
+    """One address's connections are counted whichever port they come
+    to: with --max-per-address 1, a terminal user's address gets a 503
+    saying why from the web port, while another address is served."""
+    server = make_server(web_port=0, max_per_address=1)
+    clients(server, "alice", bind="127.0.0.2")
+    host, port = web_address(server)
+    with socket.create_connection((host, port), timeout=DEADLINE,
+                                  source_address=("127.0.0.2", 0)) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        while True:
+            data = sock.recv(4096)
+            if not data:
+                break
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 503 ")
+    assert b"too many connections from your address (1)" in answer
+    assert http_get(server, "/").status == 200  # another address
+
+
 # --- Options -----------------------------------------------------------------
 
 
