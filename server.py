@@ -496,7 +496,7 @@ class ChatServer(socketserver.ThreadingTCPServer):
                         client_address: Address) -> None:
         refusal = self.take_seat(client_address)
         if refusal is not None:
-            log.info("%s: refused: %s", format_address(client_address),
+            log.info("%s: %s", format_address(client_address),
                      refusal[len(protocol.ERROR):],
                      extra={"burst": "connections refused"})
             self._refuse(request, refusal)

@@ -533,7 +533,7 @@ class WebServer(socketserver.ThreadingTCPServer):
             self.chat.give_seat_back(client_address)
             refusal = protocol.format_shutdown()
         if refusal is not None:
-            log.info("%s: refused (web): %s", format_address(client_address),
+            log.info("%s (web): %s", format_address(client_address),
                      refusal[len(protocol.ERROR):],
                      extra={"burst": "connections refused"})
             if self.tls_context is None:  # else no TLS yet to say it in
