@@ -60,7 +60,7 @@ class Commands:
     def do_me(self, member: Member, command: Command) -> None:
         """An action, ``* alice waves``: goes where a plain line would."""
         problem = ("usage: -me text" if not command.text
-                   else protocol.action_error(command.text))
+                   else protocol.action_error(member.nick, command.text))
         if problem:
             self._refuse(member, protocol.format_error(problem))
             return
@@ -117,7 +117,7 @@ class Commands:
         nick = command.target
         if command.text:
             reason = "a nickname is one word"
-        elif self._mutes.find(protocol.nick_key(member.nick)) is not None:
+        elif self._mutes.find(member.key) is not None:
             reason = "you are muted"
         elif nick == member.nick:
             reason = "it is your nickname already"
@@ -169,7 +169,7 @@ class Commands:
             facts.append(f"away: {target.away}")
         if target.is_admin:
             facts.append("admin")
-        if self._mutes.find(protocol.nick_key(target.nick)) is not None:
+        if self._mutes.find(target.key) is not None:
             facts.append("muted")
         if target.state == DETACHED:
             facts.append("reconnecting")
@@ -191,7 +191,7 @@ class Commands:
                 "usage: -ignore NICK"))
         if target is None:
             return
-        key = protocol.nick_key(target.nick)
+        key = target.key
         if key in member.ignoring:
             self._refuse(member, protocol.format_error(
                 f"you ignore {target.nick} already"))
@@ -201,11 +201,14 @@ class Commands:
                 " -unignore someone first"))
         else:
             member.ignoring[key] = target.nick
+            self._ignorers.add(member)
             self._send(member, protocol.format_ignoring(target.nick))
 
     def do_unignore(self, member: Member, command: Command) -> None:
         key = protocol.nick_key(command.target)
         nick = None if command.text else member.ignoring.pop(key, None)
+        if not member.ignoring:
+            self._ignorers.discard(member)
         if nick is None:
             self._refuse(member, protocol.format_error(
                 f"you do not ignore {command.target[:40]}; -ignore lists"
@@ -293,7 +296,7 @@ class Commands:
             self._refuse(member, protocol.format_error(
                 "usage: -mute NICK [minutes]"))
             return
-        key = protocol.nick_key(target.nick)
+        key = target.key
         if self._mutes.find(key) is not None:
             self._refuse(member, protocol.format_error(
                 f"{target.nick} is muted already; -unmute {target.nick}"
@@ -426,7 +429,7 @@ class Commands:
         of ignoring. An away target's reason goes back to the sender."""
         line = (protocol.format_action(member.nick, text, private=True)
                 if action else protocol.format_private(member.nick, text))
-        if protocol.nick_key(member.nick) not in target.ignoring:
+        if member.key not in target.ignoring:
             self._send(target, line)
         self._send(member, protocol.format_private_sent(
             target.nick, line[len(protocol.PRIVATE):] if action
@@ -446,7 +449,7 @@ class Commands:
 
     def _muted(self, member: Member) -> bool:
         """True, after telling the member, if it is muted."""
-        mute = self._mutes.find(protocol.nick_key(member.nick))
+        mute = self._mutes.find(member.key)
         if mute is None:
             return False
         self._refuse(member, protocol.format_you_are_muted(

@@ -16,6 +16,7 @@ readline, in the main thread, completes), so the roster has a lock.
 from __future__ import annotations
 
 import threading
+import unicodedata
 from typing import Dict, Iterable, List, Optional
 
 import protocol
@@ -26,8 +27,11 @@ MAX_ROSTER = 10000
 
 
 def fold(text: str) -> str:
-    """The form two words are compared in for completion."""
-    return protocol.nick_key(text)
+    """The form words are compared in for completion and the client's own
+    lists: NFKC and case folded. Not ``protocol.nick_key``: its look-alike
+    skeleton (``rn`` is ``m``) would make ``ar`` no prefix of
+    ``arnold``."""
+    return unicodedata.normalize("NFKC", text).casefold()
 
 
 class Roster:

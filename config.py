@@ -224,8 +224,9 @@ class ServerConfig:
         " kept for them to come back; 0 turns it off (default"
         " %(default)s)", metavar="SECONDS", minimum=0)
     log: str = _option(
-        "", "append every public line, join, departure, kick and the"
-            " shutdown to FILE, with UTC times (never private lines)",
+        "", "append every public line, join, departure, nickname change,"
+            " kick, ban, mute and the shutdown to FILE, with UTC times"
+            " (never private lines)",
         metavar="FILE")
     motd: str = _option(
         "", "message of the day: the first lines of FILE, shown to every"

@@ -342,7 +342,9 @@ class LogBudget(logging.Filter):
     budget is dropped and counted; the next line let through says how
     many were dropped. Errors, and records logged with
     ``extra={"always": True}`` (the server starting and stopping), always
-    pass."""
+    pass; so do records of a mass event (``extra={"burst": KIND}``):
+    ``serverlog`` writes a few of each kind a second and counts the rest
+    in one line, a budget of their own."""
 
     def __init__(self, rate: float = config.LOG_LINES_PER_SECOND,
                  burst: int = config.LOG_BURST,
@@ -353,6 +355,8 @@ class LogBudget(logging.Filter):
         self.dropped = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "burst", None):
+            return True  # counted by serverlog (and maybe not written)
         if record.levelno < logging.ERROR and \
                 not getattr(record, "always", False) and \
                 not self._bucket.take():

@@ -66,6 +66,7 @@ class Member:
         self.name = format_address(address)  # for the log
         self.state = JOINING
         self.nick = ""
+        self.key = ""           # protocol.nick_key(nick), kept with it
         self.partner: Optional[Member] = None
         self.is_admin = False
         self.admin_tries = 0

@@ -157,7 +157,7 @@ def decode_line(raw: bytes) -> str:
         text = raw.decode(ENCODING)
     except UnicodeDecodeError:
         raise ProtocolError("line is not valid UTF-8, dropped") from None
-    found = CONTROL_RE.search(text) or _BIDI_RE.search(text)
+    found = _REFUSED_RE.search(text)  # one pass for both kinds
     if found:
         raise ProtocolError(
             "control characters are not allowed"
@@ -167,7 +167,8 @@ def decode_line(raw: bytes) -> str:
 
 # Bidirectional controls (embeddings, overrides, isolates) reorder what
 # follows them on the reader's screen: text could show as something else.
-_BIDI_RE = re.compile("[\u202a-\u202e\u2066-\u2069]")
+_BIDI = "\u202a-\u202e\u2066-\u2069"
+_REFUSED_RE = re.compile(f"[\x00-\x08\x0a-\x1f\x7f-\x9f{_BIDI}]")
 # Runs of white space, and characters that show as blank (fillers,
 # zero-width spaces): padding that could push text to a terminal row of
 # its own, where it would pass for a line of the server's.
@@ -180,6 +181,8 @@ def clean_text(text: str) -> str:
     every blank-looking character (fillers, zero-width spaces) is one
     space, so no padding can start a fresh terminal row. Every
     ``format_*`` that carries user text uses it."""
+    if text.isascii() and "  " not in text and "\t" not in text:
+        return text  # the usual line: nothing to do, and fast to tell
     return _BLANK_RE.sub(" ", text)
 
 
@@ -485,6 +488,8 @@ def _secret_spec(line: str) -> Optional[CommandSpec]:
     any leading white space, starts with its flag: `` -admin PW`` and the
     typos ``-adminPW`` or ``-admin:PW`` must never be said to everyone,
     nor logged as an unknown command."""
+    if not line.lstrip().startswith("-"):
+        return None  # the usual line, at once
     word = _split_word(line)[0].lower()
     for flag in _SECRET_FLAGS:
         if word.startswith(flag):
@@ -809,16 +814,27 @@ NOTICE_VERBS = ("joined the chat", "left the chat", "was ", "is now known",
                 "lost connection", "is back", "is away")
 
 
-def action_error(text: str) -> Optional[str]:
-    """Why ``text`` cannot be an action, or None if it can."""
-    if text.lower().startswith(NOTICE_VERBS):
+def action_error(nick: str, text: str) -> Optional[str]:
+    """Why ``text`` cannot be ``nick``'s action, or None if it can. An
+    action reads like a notice (``* alice waves``), so one that a reader,
+    or a client's parser of the server's lines, would take for the
+    server's own is refused: ``-me left the chat``, and, from a user
+    called ``Your``, ``-me lines now go to ghost only. ...``."""
+    line = format_action(nick, text)
+    said = line[len(NOTICE) + len(nick) + 1:]  # as others would see it
+    if not said:
+        return "usage: -me text"
+    if said.lower().startswith(NOTICE_VERBS) or is_shutdown(line) or any(
+            read(line) is not None for read in (
+                welcomed_nick, partner_change, nick_change, presence,
+                history_line, resume_token)):
         return "that action would read like a server notice"
     return None
 
 
 def format_action(nick: str, text: str, private: bool = False) -> str:
     """``-me waves``: ``* alice waves``; to a partner, marked private."""
-    line = format_notice(f"{nick} {clean_text(text)}")
+    line = format_notice(f"{nick} {clean_text(text).strip()}")
     return PRIVATE + line if private else line
 
 
@@ -933,7 +949,7 @@ def format_you_were_banned(admin: str, minutes: Optional[float],
 def banned_address(seconds_left: Optional[float], reason: str = "") -> str:
     """Why a connection from a banned address is refused (for
     :func:`format_refused`): ``your address is banned from this server
-    (spam) for 5 more min``."""
+    (spam) for 5 min more``."""
     why = f" ({clean_text(reason)})" if reason else ""
     left = ("" if seconds_left is None
             else f" for {format_duration(seconds_left, True)} more")

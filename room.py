@@ -52,7 +52,7 @@ import guard
 import memory
 import protocol
 from commands import Commands
-from moderation import Sanctions
+from moderation import Mutes
 # The states and Member are the room's vocabulary; importers of the room
 # find them here too.
 from members import (DETACHED, GONE, JOINING, ONLINE, Address,  # noqa: F401
@@ -113,7 +113,8 @@ class Room(Commands):
                                        config.MAX_HISTORY_REPLAY_BYTES,
                                        wall_clock)
         self._motd = list(motd)
-        self._mutes = Sanctions(clock)   # by nick_key; bans: self.guard
+        self._mutes = Mutes(clock)       # by nick_key; bans: self.guard
+        self._ignorers: Set[Member] = set()  # members who -ignore someone
         self._closed = False
 
     # -- What the front-end calls
@@ -307,25 +308,29 @@ class Room(Commands):
         who ignore ``sender``, encoded once (a seat kept for a dropped user
         keeps it for them); False if nobody else was there."""
         data = protocol.encode_line(text)
-        key = protocol.nick_key(sender.nick) if sender is not None else ""
-        sent = False
+        # Those who ignore the sender (found among the few who ignore
+        # anyone, so that the loop below, run for every line and every
+        # member, stays as short as it can be).
+        skip = {exclude}
+        if sender is not None and self._ignorers:
+            skip.update(member for member in self._ignorers
+                        if sender.key in member.ignoring)
+        touch = self._touched.add
         for member in self._by_key.values():
-            if member is exclude:
-                continue
-            # Someone is there, whether or not they ignore the sender:
-            # being ignored by everyone must not look different.
-            sent = True
-            if not (member.ignoring and key in member.ignoring):
+            if member not in skip:
                 member.link.put(data)
-                self._touched.add(member.link)
-        return sent
+                touch(member.link)
+        # Someone is there, whether or not they ignore the sender: being
+        # ignored by everyone must not look different.
+        return len(self._by_key) > (exclude in self._by_key.values())
 
     def _tell_everyone(self, text: str, exclude: Optional[Member] = None,
                        history: bool = False) -> None:
         """A notice for the whole room, now, after the announcements still
-        batched (they happened first), and into the transcript (and, with
-        ``history``, the history)."""
+        batched or held back (they happened first), and into the
+        transcript (and, with ``history``, the history)."""
         self._send_events()
+        self._send_quiet_events()
         self._broadcast(text, exclude)
         self._record(text, history)
 
@@ -345,11 +350,12 @@ class Room(Commands):
         """Send an error line to ``member``, and log it (or ``logged``,
         when the error quotes what the user typed) once: the first
         ``config.LOG_REFUSALS_PER_CONNECTION`` of a connection, then only
-        counted, the count logged when it ends."""
+        counted, the count logged when it ends. Errors may quote what the
+        user typed (``no such user: ...``): escaped for the log."""
         member.refusals += 1
         if member.refusals <= config.LOG_REFUSALS_PER_CONNECTION:
             log.info("%s (%s): %s", member.nick or "-", member.name,
-                     logged or error[len(protocol.ERROR):])
+                     protocol.log_safe(logged or error[len(protocol.ERROR):]))
         self._send(member, error)
 
     def _decode(self, member: Member, frame: Frame) -> Optional[str]:
@@ -445,7 +451,7 @@ class Room(Commands):
     def _join(self, member: Member, nick: str) -> None:
         """Put ``member`` in the registry as ``nick`` and greet it: the
         welcome, who is here, its resume token, what was said before."""
-        member.nick = nick
+        member.nick, member.key = nick, protocol.nick_key(nick)
         member.state = ONLINE
         member.joined_at = self._wall_clock()
         member.spoke_at = self._clock()
@@ -496,15 +502,14 @@ class Room(Commands):
         """Give an online member a new nickname: in the registry, in the
         ignore lists that named the old one; its partners need nothing,
         they point at the member, not at its name."""
-        old_key, new_key = protocol.nick_key(member.nick), \
-            protocol.nick_key(nick)
+        old_key, new_key = member.key, protocol.nick_key(nick)
         # Rebuilt rather than updated, so that the member keeps its place
         # in the join order (-users lists by it); a rename is rare.
         self._by_key = {(new_key if key == old_key else key): other
                         for key, other in self._by_key.items()}
         self._nicks[member.address] = nick
-        member.nick = nick
-        for other in self._by_key.values():
+        member.nick, member.key = nick, new_key
+        for other in self._ignorers:
             if old_key in other.ignoring:
                 del other.ignoring[old_key]
                 other.ignoring[new_key] = nick
@@ -518,7 +523,8 @@ class Room(Commands):
         """Take a member out of the registry (its nickname is free)."""
         if member.state != DETACHED:  # a detached seat has no address
             del self._nicks[member.address]
-        del self._by_key[protocol.nick_key(member.nick)]
+        del self._by_key[member.key]
+        self._ignorers.discard(member)
         self._seats.pop(member.seat_id, None)
 
     # -- A seat kept for a dropped connection

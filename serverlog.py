@@ -138,6 +138,13 @@ def start(level: int, stream: Optional[TextIO] = None) -> Listener:
 
 
 def stop(listener: Listener) -> None:
-    """Write what is queued (and a burst's count), and end the writer."""
+    """Write what is queued (and a burst's count), say how many records
+    the full queue dropped (if any), and end the writer."""
     listener.stop()
     listener._burst.flush_due(final=True)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, QueueingHandler) and handler.dropped:
+            listener._burst.handle(logging.LogRecord(
+                "chat", logging.WARNING, __file__, 0,
+                f"{handler.dropped:,} log lines were dropped: the log's"
+                " queue was full", None, None))

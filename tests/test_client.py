@@ -1295,3 +1295,12 @@ def test_our_own_nickname_change_is_noted() -> None:
     assert state.nick == "Alice"
     state.note(protocol.format_nick_changed("BOB", "robert"))
     assert state.current_partner() == "robert"
+
+
+def test_completion_is_not_fooled_by_look_alike_folding() -> None:
+    roster = Roster()
+    roster.note(protocol.format_users(["arnold", "Bernard", "vvera"], "x"))
+    completer = Completer(roster, lambda: False)
+    assert completer.matches("ar", False) == ["arnold "]
+    assert completer.matches("Ber", False) == ["Bernard "]
+    assert completer.matches("v", False) == ["vvera "]

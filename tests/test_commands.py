@@ -856,3 +856,24 @@ def test_an_action_that_reads_as_a_server_notice_is_refused(
     alice.next_is(protocol.format_error(
         "that action would read like a server notice"))
     marker(alice, bob)
+
+
+@pytest.mark.parametrize("nick, text", [
+    ("You", "are now known as bob."),
+    ("Your", "lines now go to ghost only. Type -all to talk to everyone."),
+    ("Resume", "token: 0123.abcd (if your connection drops, connect again)"),
+    ("Online", "(1): ghost"),
+    ("Joined", "(2): ghost, phantom"),
+    ("carol", "\u3164was kicked by alice"),
+    ("carol", "\u200bleft the chat"),
+])
+def test_an_action_a_client_would_take_for_the_server_is_refused(
+        server, clients, nick, text):
+    """Whatever the nickname, an action that client.py (or the page) would
+    read as the server's own line, and act on, never goes out."""
+    user, bob = clients(server, nick), clients(server, "bob")
+    user.expect(protocol.format_joined("bob"))
+    user.send(f"-me {text}")
+    user.next_is(protocol.format_error(
+        "that action would read like a server notice"))
+    marker(user, bob)

@@ -1156,3 +1156,23 @@ def test_concurrent_senders_kicks_and_joins_keep_the_room_consistent():
     for link in victim_links:
         assert link.sealed and link.closed
         assert link.lines[-1] == protocol.format_you_were_kicked("boss")
+
+
+def test_a_rename_comes_after_the_held_back_join_it_renames():
+    """An address past its notice budget has its joins held back for the
+    once-a-second summary; if one of its users renames meanwhile, the
+    others hear of the join first, under the old name, then the rename,
+    and the user list they keep never gets a ghost."""
+    settings = ServerConfig(admin_password=PASSWORD, history=0,
+                            resume_grace=0, rate_limit=20,
+                            kick_ban_minutes=0)
+    room = Room(settings, clock=lambda: 1000.0)  # the budget never refills
+    observer, link = join(room, "observer", ("10.0.0.1", 1))
+    churner = None
+    for index in range(config.NOTICE_BURST + 1):
+        churner, _ = join(room, f"q{index}", ("10.0.0.2", 100 + index))
+    link.take()  # the joins told at once
+    say(room, churner, "-nick renamed")
+    last = f"q{config.NOTICE_BURST}"
+    assert link.take() == [protocol.format_joined_many([last]),
+                           protocol.format_nick_changed(last, "renamed")]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import logging
 
+import guard
 import serverlog
 
 
@@ -73,3 +74,24 @@ def test_records_reach_the_stream_through_the_writer_thread():
     assert "WARNING a warning" in text
     assert "50 new connections in the last second" in text
     assert "user49: connected" not in text
+
+
+def test_the_log_budget_leaves_mass_events_to_their_own_count():
+    """guard.LogBudget caps ordinary lines; a mass event's records pass it,
+    so the burst count says how many there really were."""
+    out, clock = io.StringIO(), Clock()
+    handler = serverlog.BurstHandler(out, per_second=3, clock=clock)
+    budget = guard.LogBudget(rate=1.0, burst=2, clock=clock)
+    for number in range(1000):
+        made = record(f"user{number} left", "users disconnected")
+        if budget.filter(made):
+            handler.handle(made)
+    for number in range(5):  # ordinary lines: two pass, three are dropped
+        made = record(f"line {number}")
+        if budget.filter(made):
+            handler.handle(made)
+    clock.now += 1.5
+    handler.flush_due()
+    assert out.getvalue().splitlines() == [
+        "user0 left", "user1 left", "user2 left", "line 0", "line 1",
+        "1,000 users disconnected in the last second (3 shown)"]
