@@ -6,7 +6,8 @@ A browser's chat connection is the same session as a terminal's
 history and resume), with two things swapped:
 
 * :class:`WebDecoder` reads WebSocket frames instead of lines: each text
-  message is one line for the room; it answers pings and close frames
+  message is one line for the room (one over ``--max-line`` is dropped
+  and the room says so, as on TCP); it answers pings and close frames
   itself, and closes with the right code on anything the chat does not
   take (see ``wscodec.py``).
 * :class:`WebOutbox` sends each line the room queues as one text frame
@@ -127,10 +128,11 @@ class WebDecoder:
     reads WebSocket frames, answering pings and a close on ``outbox``.
 
     After the browser's close frame (or its TLS close_notify),
-    :attr:`ended` is true. A frame the chat does not take gets a close
-    frame with its code, and :meth:`feed` raises
-    ``protocol.FramingError``: the connection goes, as for an endless
-    line on TCP.
+    :attr:`ended` is true. A message over ``max_line`` bytes comes out as
+    ``protocol.OVERLONG``, as an overlong line does on TCP. A frame the
+    chat does not take gets a close frame with its code, and :meth:`feed`
+    raises ``protocol.FramingError``: the connection goes, as for an
+    endless line on TCP.
     """
 
     def __init__(self, tls: Optional[TLSLayer], max_line: int,
@@ -250,24 +252,29 @@ def origin_allowed(origin: Optional[str], host: str, tls: bool,
     return origin == f"{scheme}://{host}"
 
 
-def commands_json() -> bytes:
+def commands_json(max_line: int = protocol.MAX_LINE_BYTES) -> bytes:
     """The command table, for the page's Tab completion: each command's
     flag, what follows it (``nick``, ``text``, ...) and what a client does
-    with it (``hide``: keep it out of the input history)."""
+    with it (``hide``: keep it out of the input history); and
+    ``max_line``, the longest line the server takes (``--max-line``, in
+    UTF-8 bytes), so that the page refuses a longer one before sending
+    it."""
     rows = [{"flag": spec.flag, "argument": spec.argument,
              "client": spec.client}
             for spec in protocol.COMMANDS if spec.flag]
-    return json.dumps({"commands": rows}).encode("utf-8")
+    return json.dumps({"commands": rows, "max_line": max_line}
+                      ).encode("utf-8")
 
 
-def load_files() -> Dict[str, Tuple[bytes, str]]:
+def load_files(max_line: int = protocol.MAX_LINE_BYTES
+               ) -> Dict[str, Tuple[bytes, str]]:
     """The page's files, read once: path -> (bytes, content type). Raises
     OSError if one is missing."""
     files = {}
     for path, (name, kind) in FILES.items():
         with open(os.path.join(WEB_DIR, name), "rb") as file:
             files[path] = (file.read(), kind)
-    files[COMMANDS_PATH] = (commands_json(),
+    files[COMMANDS_PATH] = (commands_json(max_line),
                             "application/json; charset=utf-8")
     return files
 
@@ -469,7 +476,7 @@ class WebServer(socketserver.ThreadingTCPServer):
         self.room = chat.room
         self.housekeeper = chat.housekeeper
         self.tls_context = chat.tls_context
-        self.files = load_files()
+        self.files = load_files(chat.config.max_line)
         self.ping_interval = config.WEB_PING_INTERVAL
         self.pong_seconds = config.WEB_PONG_SECONDS
         self._sessions: Set[WebSession] = set()

@@ -4,10 +4,14 @@ no sockets in it: the handshake's accept key, frames to send, and
 text messages, bounded in memory, and says how to close on anything else.
 
 Only what the chat uses is accepted: masked frames from the client, text
-messages (possibly fragmented), ping, pong and close. A binary message is
-closed with 1003, invalid UTF-8 with 1007, a message over the limit with
-1009, anything else that breaks the protocol with 1002. No extension
-(compression) is ever agreed, so the reserved bits must be 0.
+messages (possibly fragmented), ping, pong and close. A text message over
+the line limit is dropped as it comes, never held, and stands in the
+output as ``protocol.OVERLONG``, as an overlong line does on TCP
+(``protocol.LineFramer``); the connection stays. A binary message is
+closed with 1003, invalid UTF-8 with 1007, a single message past
+``protocol.MAX_DISCARD_BYTES`` with 1009, anything else that breaks the
+protocol with 1002. No extension (compression) is ever agreed, so the
+reserved bits must be 0.
 
 ``web.py`` puts this on a socket; the tests use it as it is.
 """
@@ -20,6 +24,9 @@ import hashlib
 import os
 import struct
 from typing import List, NamedTuple, Optional
+
+import protocol
+from protocol import Frame
 
 #: The GUID of RFC 6455 section 1.3, appended to the client's key.
 ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -125,11 +132,12 @@ class WebSocketError(Exception):
 
 class Event(NamedTuple):
     """What :meth:`MessageDecoder.feed` found: a whole text message
-    (``opcode`` TEXT, ``data`` its UTF-8 bytes), a ping or pong (``data``
-    its payload), or a close (``code``, ``data`` the reason's bytes)."""
+    (``opcode`` TEXT, ``data`` its UTF-8 bytes, or ``protocol.OVERLONG``
+    for one over the limit, dropped), a ping or pong (``data`` its
+    payload), or a close (``code``, ``data`` the reason's bytes)."""
 
     opcode: int
-    data: bytes
+    data: Frame
     code: int = NO_STATUS
 
 
@@ -143,19 +151,33 @@ class MessageDecoder:
     """Bytes from a client -> :class:`Event`\\ s, holding at most one
     frame header plus ``max_message`` bytes of payload.
 
+    A text message over ``max_message`` bytes comes out once, as
+    ``protocol.OVERLONG``, as soon as a frame's header takes it over; the
+    rest of it (that frame, and its continuations) is discarded as it
+    comes, unread: what it held is not checked as UTF-8, since the chat
+    never reads it. Only a message past ``max_discard`` bytes in all is
+    an error (1009), on the header that takes it there.
+
     :meth:`feed` raises :class:`WebSocketError` on the first thing that
     breaks the protocol (or the limits); the connection must then be
     closed with the error's code, and the decoder not fed again. After a
     close event it ignores everything (RFC 6455: nothing follows a close).
     """
 
-    def __init__(self, max_message: int) -> None:
+    def __init__(self, max_message: int,
+                 max_discard: int = protocol.MAX_DISCARD_BYTES) -> None:
         self.max_message = max_message
+        self.max_discard = max_discard
         self._buffer = bytearray()
         self._parts: List[bytes] = []  # a fragmented message so far
         self._size = 0                  # its bytes
         self._fragmented = False        # a text message awaits its FIN
         self._utf8 = codecs.getincrementaldecoder("utf-8")()
+        # The message in hand went over max_message: its bytes dropped so
+        # far (None: it did not); and the bytes of the frame being
+        # dropped (header, mask, payload) still to come.
+        self._dropped: Optional[int] = None
+        self._skip = 0
         self.closed = False             # a close frame came
 
     def feed(self, data: bytes) -> List[Event]:
@@ -177,6 +199,11 @@ class MessageDecoder:
         placeholder for a frame that is only part of a message, or None
         when the buffer holds no whole frame yet."""
         buffer = self._buffer
+        if self._skip:
+            taken = min(self._skip, len(buffer))
+            del buffer[:taken]
+            self._skip -= taken
+            return None if self._skip else Event(CONTINUATION, b"")
         if len(buffer) < 2:
             return None
         first, second = buffer[0], buffer[1]
@@ -205,11 +232,17 @@ class MessageDecoder:
         if opcode == BINARY:
             raise WebSocketError(UNSUPPORTED_DATA,
                                  "binary messages are not accepted")
-        if opcode in _DATA_OPCODES and \
-                self._size + length > self.max_message:
-            # Refused on the header alone: nothing of it is held.
-            raise WebSocketError(
-                TOO_BIG, f"message over {self.max_message} bytes")
+        if opcode in _DATA_OPCODES:
+            self._check_order(opcode)
+            # The message's bytes with this frame's (held or dropped).
+            size = length + (self._size if self._dropped is None
+                             else self._dropped)
+            if size > self.max_discard:
+                # Refused on the header alone: nothing of it is held.
+                raise WebSocketError(
+                    TOO_BIG, f"message over {self.max_discard} bytes")
+            if self._dropped is not None or size > self.max_message:
+                return self._drop(fin, size, offset + 4 + length)
         if len(buffer) < offset + 4 + length:
             return None
         mask = bytes(buffer[offset:offset + 4])
@@ -240,13 +273,31 @@ class MessageDecoder:
                                  "close reason not UTF-8") from None
         return Event(CLOSE, reason, code)
 
-    def _data(self, opcode: int, fin: bool, payload: bytes) -> Event:
+    def _check_order(self, opcode: int) -> None:
+        """A data frame must start a message or go on with the one in
+        hand, whichever is due."""
         if opcode == TEXT and self._fragmented:
             raise WebSocketError(PROTOCOL_ERROR,
                                  "new message inside a fragmented one")
         if opcode == CONTINUATION and not self._fragmented:
             raise WebSocketError(PROTOCOL_ERROR,
                                  "continuation without a message")
+
+    def _drop(self, fin: bool, dropped: int, frame_bytes: int) -> Event:
+        """A frame of a message over the limit: discard all of its
+        ``frame_bytes`` as they come. The message's first such frame
+        gives its OVERLONG event; the others, a placeholder."""
+        first = self._dropped is None
+        self._parts.clear()
+        self._size = 0
+        self._utf8.reset()
+        self._skip = frame_bytes
+        self._fragmented = not fin
+        self._dropped = None if fin else dropped
+        return Event(TEXT, protocol.OVERLONG) if first \
+            else Event(CONTINUATION, b"")
+
+    def _data(self, opcode: int, fin: bool, payload: bytes) -> Event:
         try:
             # Checked as it comes, so that bad UTF-8 is refused at once.
             self._utf8.decode(payload, final=fin)

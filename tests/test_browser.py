@@ -127,3 +127,28 @@ def test_a_browser_user_chats_with_a_terminal_user(make_server, clients,
     assert say.get_attribute("value") == "just for you"
     assert not [entry for entry in browser.get_log("browser")
                 if entry["level"] == "SEVERE"]
+
+
+def test_a_line_over_the_limit_is_refused_by_the_page(make_server, clients,
+                                                     browser):
+    """The page learns --max-line from the server and does not send a
+    longer line (counted in UTF-8 bytes, as the server counts): it says
+    so, and leaves the line in the box to be shortened."""
+    server = make_server(web_port=0, max_line=100)
+    bob = clients(server, "bob")
+    host, port = server.web.server_address[:2]
+    browser.get(f"http://{host}:{port}/")
+    browser.find_element(By.ID, "nick").send_keys("alice", Keys.ENTER)
+    bob.expect(protocol.format_joined("alice"))
+    say = browser.find_element(By.ID, "say")
+    WebDriverWait(browser, DEADLINE).until(
+        lambda d: say.get_attribute("data-max-bytes") == "100")
+    long_line = "ж" * 51  # 51 characters, 102 bytes
+    say.send_keys(long_line, Keys.ENTER)
+    WebDriverWait(browser, DEADLINE).until(
+        lambda d: any("not sent: the line is 102 bytes, over the server's"
+                      " limit of 100" in line for line in page_lines(d)))
+    assert say.get_attribute("value") == long_line
+    say.clear()
+    say.send_keys("ж" * 50, Keys.ENTER)  # 100 bytes: sent
+    bob.next_is(protocol.format_message("alice", "ж" * 50))

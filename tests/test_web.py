@@ -222,6 +222,13 @@ def test_commands_json_is_the_command_table(web_server):
     assert flags == [spec.flag for spec in protocol.COMMANDS if spec.flag]
 
 
+def test_commands_json_says_the_longest_line(make_server):
+    import json
+    server = make_server(web_port=0, max_line=100)
+    table = json.loads(http_get(server, "/commands.json").body)
+    assert table["max_line"] == 100
+
+
 @pytest.mark.parametrize("method, path, status", [
     ("GET", "/etc/passwd", 404),
     ("GET", "/../server.py", 404),
@@ -337,19 +344,46 @@ def test_no_origin_is_a_program_not_a_browser(web_server):
     user.conn.close()
 
 
-@pytest.mark.parametrize("what, code", [
-    ("binary", ws.UNSUPPORTED_DATA),
-    ("oversized", ws.TOO_BIG),
-])
-def test_refused_frames_close_with_their_code(make_server, web_users,
-                                              clients, what, code):
+def test_a_binary_message_closes_with_its_code(make_server, web_users,
+                                               clients):
     server = make_server(web_port=0, max_line=100)
     bob = clients(server, "bob")
     alice = web_users(server, "alice")
     bob.expect(protocol.format_joined("alice"))
-    alice.send(b"\x00\x01" if what == "binary" else "x" * 101)
-    assert alice.close_code() == code
+    alice.send(b"\x00\x01")
+    assert alice.close_code() == ws.UNSUPPORTED_DATA
     bob.expect(protocol.format_left("alice"))  # cut: no seat kept
+
+
+def test_an_overlong_message_is_refused_and_the_user_stays(make_server,
+                                                          web_users,
+                                                          clients):
+    """As on TCP: a line over --max-line gets the same error line, and
+    the user stays, whether it came in one frame or in several."""
+    server = make_server(web_port=0, max_line=100)
+    bob = clients(server, "bob")
+    alice = web_users(server, "alice")
+    bob.expect(protocol.format_joined("alice"))
+    alice.send("x" * 101)
+    alice.expect(protocol.format_line_too_long(100))
+    alice.conn.send(["y" * 60, "y" * 60])  # fragmented, over in all
+    alice.expect(protocol.format_line_too_long(100))
+    alice.send("x" * 100)  # at the limit: taken
+    bob.next_is(protocol.format_message("alice", "x" * 100))
+    # Over TCP, the same line.
+    bob.send("x" * 101)
+    bob.next_is(protocol.format_line_too_long(100))
+
+
+def test_a_message_past_the_discard_limit_closes_with_1009(web_server):
+    """An endless message is cut, as an endless line is on TCP: on the
+    header that says it, before any of it is read."""
+    raw = RawWeb.upgraded(web_server)
+    raw.sock.sendall(bytes([0x81, 0x80 | 127])
+                     + struct.pack("!Q", protocol.MAX_DISCARD_BYTES + 1)
+                     + b"mask")
+    assert struct.unpack("!H", raw.read_until(ws.CLOSE)[:2])[0] == \
+        ws.TOO_BIG
 
 
 def test_invalid_utf8_and_unmasked_frames_close(web_server):

@@ -1,6 +1,7 @@
 """wscodec.py, the WebSocket frame codec, with no sockets: frames made and read
 back, fragmentation, masking, every way to be closed, and hypothesis on
-arbitrary bytes (only WebSocketError, and memory bounded by the limit)."""
+arbitrary bytes (only WebSocketError, and memory bounded by the limit);
+a message over the limit is dropped, unheld, as ``protocol.OVERLONG``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import protocol
 import wscodec as ws
 from wscodec import Event, MessageDecoder, WebSocketError
 
@@ -20,9 +22,13 @@ def masked(opcode: int, payload: bytes = b"", fin: bool = True) -> bytes:
     return ws.encode_frame(opcode, payload, fin, mask=b"\x01\x02\x03\x04")
 
 
+#: Bytes of one message past which the connection is closed (1009).
+DISCARD = LIMIT * 10
+
+
 def closed_with(data: bytes, limit: int = LIMIT) -> int:
     with pytest.raises(WebSocketError) as caught:
-        MessageDecoder(limit).feed(data)
+        MessageDecoder(limit, DISCARD).feed(data)
     return caught.value.code
 
 
@@ -115,9 +121,11 @@ def test_close_without_a_code():
     (masked(ws.TEXT, b"\xff"), ws.INVALID_DATA),
     (masked(ws.TEXT, b"\xe2\x82", fin=False)
      + masked(ws.CONTINUATION, b"x"), ws.INVALID_DATA),
-    (masked(ws.TEXT, b"x" * (LIMIT + 1)), ws.TOO_BIG),
-    (masked(ws.TEXT, b"x" * 60, fin=False)
-     + masked(ws.CONTINUATION, b"x" * 60), ws.TOO_BIG),
+    (masked(ws.TEXT, b"x" * (LIMIT * 10 + 1)), ws.TOO_BIG),
+    (masked(ws.TEXT, b"x" * 600, fin=False)
+     + masked(ws.CONTINUATION, b"x" * 600), ws.TOO_BIG),
+    (masked(ws.TEXT, b"x" * 200, fin=False)      # dropped, then not
+     + masked(ws.TEXT, b"x"), ws.PROTOCOL_ERROR),  # a new message
     (masked(ws.CONTINUATION, b"x"), ws.PROTOCOL_ERROR),
     (masked(ws.TEXT, b"a", fin=False) + masked(ws.TEXT, b"b"),
      ws.PROTOCOL_ERROR),
@@ -136,6 +144,46 @@ def test_every_way_to_be_closed(data, code):
 def test_a_huge_length_is_refused_on_the_header_alone():
     header = bytes([0x81, 0x80 | 127]) + struct.pack("!Q", 1 << 62)
     assert closed_with(header) == ws.TOO_BIG
+    header = bytes([0x81, 0x80 | 127]) + struct.pack(
+        "!Q", protocol.MAX_DISCARD_BYTES + 1)
+    with pytest.raises(WebSocketError) as caught:
+        MessageDecoder(LIMIT).feed(header)  # the default: as on TCP
+    assert caught.value.code == ws.TOO_BIG
+
+
+def test_an_overlong_message_is_dropped_once_and_the_next_one_read():
+    decoder = MessageDecoder(LIMIT, DISCARD)
+    data = (masked(ws.TEXT, b"x" * (LIMIT + 1))
+            + masked(ws.TEXT, b"after"))
+    assert decoder.feed(data) == [Event(ws.TEXT, protocol.OVERLONG),
+                                  Event(ws.TEXT, b"after")]
+
+
+def test_an_overlong_message_is_reported_on_its_header_and_not_held():
+    decoder = MessageDecoder(LIMIT, DISCARD)
+    frame = masked(ws.TEXT, b"y" * (DISCARD - 10))
+    # The header alone says it is over: reported at once.
+    assert decoder.feed(frame[:8]) == [Event(ws.TEXT, protocol.OVERLONG)]
+    for start in range(8, len(frame), 50):
+        assert decoder.feed(frame[start:start + 50]) == []
+        assert not decoder._buffer  # dropped as it comes
+    assert decoder.feed(masked(ws.TEXT, b"ok")) == [Event(ws.TEXT, b"ok")]
+
+
+def test_a_fragmented_message_over_the_limit_is_dropped_whole():
+    decoder = MessageDecoder(LIMIT, DISCARD)
+    data = (masked(ws.TEXT, b"a" * 60, fin=False)
+            + masked(ws.PING, b"p")
+            + masked(ws.CONTINUATION, b"\xff" * 60, fin=False)  # unread
+            + masked(ws.PONG, b"q")
+            + masked(ws.CONTINUATION, b"c" * 60)
+            + masked(ws.TEXT, b"next"))
+    events = []
+    for index in range(0, len(data), 7):
+        events += decoder.feed(data[index:index + 7])
+    assert events == [Event(ws.PING, b"p"), Event(ws.TEXT, protocol.OVERLONG),
+                      Event(ws.PONG, b"q"), Event(ws.TEXT, b"next")]
+    assert decoder._size == 0 and not decoder._parts
 
 
 def test_close_frame_reason_is_cut_at_a_character():
@@ -150,7 +198,7 @@ def test_close_frame_reason_is_cut_at_a_character():
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.binary(max_size=300), max_size=20))
 def test_arbitrary_bytes_never_raise_anything_else(chunks):
-    decoder = MessageDecoder(LIMIT)
+    decoder = MessageDecoder(LIMIT, DISCARD)
     for chunk in chunks:
         try:
             events = decoder.feed(chunk)
@@ -158,7 +206,8 @@ def test_arbitrary_bytes_never_raise_anything_else(chunks):
             assert 1000 <= error.code <= 1011
             return
         for event in events:
-            assert len(event.data) <= LIMIT
+            assert event.data is protocol.OVERLONG or \
+                len(event.data) <= LIMIT
         # Held: at most one header, the mask and a message's worth.
         assert len(decoder._buffer) <= ws.MAX_HEADER_BYTES + max(
             LIMIT, ws.MAX_CONTROL_PAYLOAD)

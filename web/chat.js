@@ -40,6 +40,7 @@
   const LONGEST_DELAY = 30000;
   const GIVE_UP = 300000;
   const HISTORY_SIZE = 200;        // input lines kept for Up/Down
+  const UTF8 = new TextEncoder();
   const MAX_LINES_SHOWN = 2000;    // older lines leave the page
 
   const $ = (id) => document.getElementById(id);
@@ -67,15 +68,19 @@
     flags: ["-to", "-all", "-users", "-history", "-help", "-exit",
             "-admin", "-resume", "-kick"],
     hidden: ["-admin", "-resume"],  // never kept in the input history
+    maxLine: 4096,      // bytes of UTF-8 a line may have (--max-line)
   };
 
-  // The command table, from the server (protocol.COMMANDS); the list
-  // above is only for a server that does not serve it.
+  // The command table and the longest line, from the server
+  // (protocol.COMMANDS, --max-line); the values above are only for a
+  // server that does not serve them.
   fetch("commands.json").then((r) => r.json()).then((table) => {
     const rows = table.commands.filter((row) => row.flag.startsWith("-"));
     state.flags = rows.map((row) => row.flag);
     state.hidden = rows.filter((row) => row.client === "hide")
       .map((row) => row.flag);
+    if (Number.isInteger(table.max_line)) state.maxLine = table.max_line;
+    say.dataset.maxBytes = String(state.maxLine);  // the limit in force
   }).catch(() => {});
 
   // --- The connection --------------------------------------------------
@@ -411,6 +416,13 @@
     if (!line.trim()) return;
     const flag = line.trim().split(/\s+/)[0].toLowerCase();
     const hidden = state.hidden.includes(flag);
+    const size = UTF8.encode(line).length;
+    if (size > state.maxLine) {
+      // The server would drop it; it stays in the box, to be shortened.
+      local(`(not sent: the line is ${size} bytes, over the server's` +
+            ` limit of ${state.maxLine}; shorten it)`, "error");
+      return;
+    }
     if (!send(line)) {
       local(`(not sent: not connected) ${hidden ? flag : line}`, "error");
       return;
