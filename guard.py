@@ -8,7 +8,9 @@ as many connections as it likes, and what it can take from the others
 must not grow with them:
 
 * connections open at once (``--max-per-address``) and new connections a
-  minute (``--connects-per-minute``), checked by :meth:`Guard.admit`;
+  minute (``--connects-per-minute``), checked by :meth:`Guard.admit` (on
+  the web port, a connect is counted only for a chat connection, by
+  :meth:`Guard.count_connect`: the page's files are not connects);
 * one flood budget for all of an address's connections
   (:meth:`Guard.bucket`): ten connections share the lines one may send;
 * join and leave notices (:meth:`Guard.may_announce`): past a small
@@ -137,10 +139,13 @@ class Guard:
 
     # -- Connections
 
-    def admit(self, host: str) -> Optional[str]:
+    def admit(self, host: str, connect: bool = True) -> Optional[str]:
         """Count a new connection from ``host``; None if it may stay, else
         why not (one line for the peer; the connection is not counted and
-        :meth:`release` must not be called for it)."""
+        :meth:`release` must not be called for it). With ``connect``
+        False it is not counted as a connect of the minute yet: the web
+        port takes requests for the page's files that way, and counts a
+        connect (:meth:`count_connect`) only for a chat connection."""
         with self._lock:
             now = self._clock()
             ban = self._banned(host, now)
@@ -155,19 +160,37 @@ class Guard:
             if limit and entry.connections >= limit:
                 return (f"too many connections from your address ({limit});"
                         " close one and try again")
-            per_minute = self.settings.connects_per_minute
-            if per_minute:
-                stamps = entry.connects
-                while stamps and stamps[0] <= now - 60.0:
-                    stamps.popleft()
-                if len(stamps) >= per_minute:
-                    wait = max(1, int(stamps[0] + 60.0 - now + 0.999))
-                    return (f"too many connections from your address"
-                            f" ({per_minute} a minute); try again in"
-                            f" {wait} s")
-                stamps.append(now)
+            if connect:
+                why = self._connect(entry, now)
+                if why is not None:
+                    return why
             entry.connections += 1
             return None
+
+    def count_connect(self, host: str) -> Optional[str]:
+        """Count a connect of the minute for a connection :meth:`admit`
+        let in with ``connect`` False, now that it asks for the chat;
+        None if it may go on, else why not (one line for the peer; it is
+        still counted as a connection until :meth:`release`)."""
+        with self._lock:
+            entry = self._hosts.setdefault(host, _Host())
+            return self._connect(entry, self._clock())
+
+    def _connect(self, entry: _Host, now: float) -> Optional[str]:
+        """Count a connect in ``entry`` unless its minute is full: then
+        why not (the guard's lock held)."""
+        per_minute = self.settings.connects_per_minute
+        if not per_minute:
+            return None
+        stamps = entry.connects
+        while stamps and stamps[0] <= now - 60.0:
+            stamps.popleft()
+        if len(stamps) >= per_minute:
+            wait = max(1, int(stamps[0] + 60.0 - now + 0.999))
+            return (f"too many connections from your address"
+                    f" ({per_minute} a minute); try again in {wait} s")
+        stamps.append(now)
+        return None
 
     def release(self, host: str) -> None:
         """A connection :meth:`admit` let in has ended."""

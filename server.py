@@ -37,7 +37,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple, Type
 
 import config
 import guard
@@ -150,9 +150,10 @@ class ChatHandler(socketserver.BaseRequestHandler):
     """
 
     server: ChatServer
+    #: What the room's lines go through (the web handler's frames them).
+    outbox_class: Type[Outbox] = Outbox
 
     def setup(self) -> None:
-        settings = self.server.config
         # One deadline from here covers the TLS handshake and choosing a
         # nickname: a byte now and then cannot stretch either.
         self.accepted = time.monotonic()
@@ -161,20 +162,32 @@ class ChatHandler(socketserver.BaseRequestHandler):
         context = self.server.tls_context
         self.tls = (transport.TLSLayer(context, server_side=True)
                     if context else None)
-        self.outbox = Outbox(self.sock, settings.outbox_limit,
-                             self.tls.encrypt if self.tls else None,
-                             grace=config.CLOSE_GRACE_SECONDS,
-                             goodbye=self.tls.close_notify if self.tls
-                             else None)
-        # One byte more than a line may have: room for the "\r" of a line
-        # ending in "\r\n", which the room does not count (Room._fits).
-        self.decoder = transport.LineDecoder(self.tls, settings.max_line + 1)
+        self.outbox = self.make_outbox()
+        self.decoder = self.make_decoder()
         # Shared by every connection from the address: ten connections
         # flood no faster than one.
         self.bucket = self.server.room.guard.bucket(
             guard.host_of(self.client_address))
         self.read_error = ""
         self.cut = False  # the server ended the connection, not the network
+
+    def make_outbox(self) -> Outbox:
+        """The connection's outbox (of :attr:`outbox_class`): it encrypts
+        with TLS, if there is TLS, and ends TLS politely (close_notify)
+        when it closes."""
+        return self.outbox_class(
+            self.sock, self.server.config.outbox_limit,
+            self.tls.encrypt if self.tls else None,
+            grace=config.CLOSE_GRACE_SECONDS,
+            goodbye=self.tls.close_notify if self.tls else None)
+
+    def make_decoder(self) -> transport.LineDecoder:
+        """Bytes received -> lines for the room (called after
+        :meth:`make_outbox`)."""
+        # One byte more than a line may have: room for the "\r" of a line
+        # ending in "\r\n", which the room does not count (Room._fits).
+        return transport.LineDecoder(self.tls,
+                                     self.server.config.max_line + 1)
 
     def handle(self) -> None:
         room = self.server.room
@@ -465,12 +478,16 @@ class ChatServer(socketserver.ThreadingTCPServer):
 
     # -- Connections
 
-    def take_seat(self, client_address: Address) -> Optional[str]:
+    def take_seat(self, client_address: Address,
+                  connect: bool = True) -> Optional[str]:
         """Count a new connection in, from an accept loop (this server's
         or the web one's): None if it may stay, else the one line to
         refuse it with. Counting in the accept loop means a burst of
         connections cannot overshoot the limits. A connection let in gives
-        its seat back with :meth:`give_seat_back` when it ends."""
+        its seat back with :meth:`give_seat_back` when it ends. With
+        ``connect`` False (the web port, which cannot yet tell a request
+        for the page from a chat connection) it is not counted towards
+        ``--connects-per-minute``: see ``guard.Guard.admit``."""
         with self._seat_lock:
             for _ in range(self._ended.qsize()):  # the threads that ended
                 self._ended.get_nowait()
@@ -480,7 +497,8 @@ class ChatServer(socketserver.ThreadingTCPServer):
             # Then what this one address may have: a host cannot take
             # every seat, reconnect in a loop, or come back straight after
             # a kick.
-            why = self.room.guard.admit(guard.host_of(client_address))
+            why = self.room.guard.admit(guard.host_of(client_address),
+                                        connect)
             if why is not None:
                 return protocol.format_refused(why)
             self._connection_count += 1
@@ -528,6 +546,7 @@ class ChatServer(socketserver.ThreadingTCPServer):
         if self._stopping:  # stop() may be waiting for the last one
             with self._all_closed:
                 self._all_closed.notify_all()
+
 
     def handle_error(self, request: socket.socket,
                      client_address: Address) -> None:

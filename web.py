@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Set, \
 import config
 import protocol
 import wscodec
-from members import Address, format_address
+from members import Address, format_address, host_of
 from outbox import Outbox
 from protocol import Frame
 from transport import RECV_BYTES, TLSLayer
@@ -67,7 +67,8 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self';"
        " form-action 'none'; frame-ancestors 'none'")
 _REASONS = {101: "Switching Protocols", 200: "OK", 400: "Bad Request",
             403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-            426: "Upgrade Required", 431: "Request Header Fields Too Large",
+            426: "Upgrade Required", 429: "Too Many Requests",
+            431: "Request Header Fields Too Large",
             503: "Service Unavailable", 505: "HTTP Version Not Supported"}
 
 
@@ -289,19 +290,22 @@ class WebSession:
     server: "WebServer"
     sock: socket.socket
     tls: Optional[TLSLayer]
-    outbox: Outbox
+    outbox: WebOutbox
     decoder: WebDecoder
     client_address: Address
     read_error: str
+    #: ``server.ChatHandler.make_outbox`` makes one of these.
+    outbox_class = WebOutbox
 
     def setup(self) -> None:
-        super().setup()  # type: ignore[misc]
-        settings = self.server.config
-        self.outbox = WebOutbox(self.sock, settings.outbox_limit,
-                                self.tls.encrypt if self.tls else None,
-                                grace=config.CLOSE_GRACE_SECONDS)
-        self.decoder = WebDecoder(self.tls, settings.max_line, self.outbox)
         self.upgraded = False
+        super().setup()  # type: ignore[misc]
+
+    def make_decoder(self) -> WebDecoder:
+        """Frames in instead of lines (``server.ChatHandler`` calls this
+        once its outbox is made: pongs and closes go through it)."""
+        return WebDecoder(self.tls, self.server.config.max_line,
+                          self.outbox)
 
     def begin(self) -> bool:
         """Read the request and answer it; True once the connection is a
@@ -332,9 +336,15 @@ class WebSession:
             self._respond(200, body, kind, head_only=request.method == "HEAD",
                           deadline=deadline)
         except BadRequest as error:
-            # A refused origin is worth knowing; a missing favicon is not.
-            log.log(logging.INFO if error.status == 403 else logging.DEBUG,
-                    "%s: HTTP %d: %s", name, error.status, error)
+            # A refused origin or connection is worth knowing; a missing
+            # favicon is not.
+            if error.status == 429:
+                log.info("%s (web): %s", name, error,
+                         extra={"burst": "connections refused"})
+            else:
+                log.log(logging.INFO if error.status == 403
+                        else logging.DEBUG,
+                        "%s: HTTP %d: %s", name, error.status, error)
             try:
                 self._respond(error.status, f"{error}\n".encode(),
                               headers=error.headers, deadline=deadline)
@@ -417,6 +427,12 @@ class WebSession:
                               self.server.config.web_origin):
             raise BadRequest(403, f"origin {headers['origin'][:100]!r}"
                              " may not connect (see --web-origin)")
+        # Only now is this a connect (--connects-per-minute), as a
+        # connection to the TCP port is: the page's files are not.
+        why = self.server.room.guard.count_connect(
+            host_of(self.client_address))
+        if why is not None:
+            raise BadRequest(429, f"connection refused: {why}")
         # No Sec-WebSocket-Extensions: no compression is agreed.
         self._send(
             "HTTP/1.1 101 Switching Protocols\r\n"
@@ -535,13 +551,15 @@ class WebServer(socketserver.ThreadingTCPServer):
 
     def process_request(self, request: socket.socket,
                         client_address: Address) -> None:
-        refusal = self.chat.take_seat(client_address)
+        # A connect of the minute is counted at the upgrade, for a chat
+        # connection only: loading the page is not connecting.
+        refusal = self.chat.take_seat(client_address, connect=False)
         if refusal is None and self.chat.stopping:
             self.chat.give_seat_back(client_address)
             refusal = protocol.format_shutdown()
         if refusal is not None:
             log.info("%s (web): %s", format_address(client_address),
-                     refusal[len(protocol.ERROR):],
+                     unmarked(refusal),
                      extra={"burst": "connections refused"})
             if self.tls_context is None:  # else no TLS yet to say it in
                 try:  # one short non-blocking send to a new socket
@@ -592,7 +610,7 @@ class WebServer(socketserver.ThreadingTCPServer):
                         session.drop("no answer to a ping")
                 elif now - decoder.heard >= self.ping_interval:
                     decoder.pinged = now
-                    session.outbox.put_frame(  # type: ignore[attr-defined]
+                    session.outbox.put_frame(
                         wscodec.encode_frame(wscodec.PING))
 
 
@@ -603,13 +621,20 @@ _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 
+def unmarked(line: str) -> str:
+    """A server's line without its ``! `` or ``* `` in front."""
+    for mark in (protocol.ERROR, protocol.NOTICE):
+        if line.startswith(mark):
+            return line[len(mark):]
+    return line
+
+
 def refused_response(line: str) -> bytes:
     """The HTTP answer to a connection the chat will not take (full, too
     many from one address, a ban, shutting down): 503, with the server's
     line as the text (plain HTTP only; with TLS there is nothing to say
     it in yet)."""
-    body = (line[len(protocol.ERROR):] if line.startswith(protocol.ERROR)
-            else line).encode("utf-8") + b"\n"
+    body = unmarked(line).encode("utf-8") + b"\n"
     return (b"HTTP/1.1 503 Service Unavailable\r\n"
             b"Content-Type: text/plain; charset=utf-8\r\n"
             b"Content-Length: " + str(len(body)).encode() + b"\r\n"
