@@ -51,6 +51,7 @@ from protocol import Frame
 from members import GONE, Address, Member, format_address
 from room import Room
 from transcript import Transcript
+from transport import ACCEPT_POLL_SECONDS, DONTWAIT
 
 __all__ = ["ChatServer", "ServerConfig", "main"]
 
@@ -68,12 +69,6 @@ THREAD_STACK_BYTES = 256 * 1024
 #: of users drop at once that is thousands of threads: a longer interval
 #: makes such switches rare (the churn benchmark in README.md).
 GIL_SWITCH_SECONDS = 0.2
-#: How often the accept loop checks whether it should stop, in seconds.
-ACCEPT_POLL_SECONDS = 0.05
-
-# MSG_DONTWAIT: see outbox.py. Used here for the one line a refused
-# connection gets.
-_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 
 class Housekeeper:
@@ -247,7 +242,7 @@ class ChatHandler(socketserver.BaseRequestHandler):
             log.info("%s: TLS handshake failed: %s", name, error)
             # Most likely a plain-text client: tell it in plain text.
             try:
-                self.sock.send(self.tls_refusal(), _DONTWAIT)
+                self.sock.send(self.tls_refusal(), DONTWAIT)
             except OSError:
                 pass
             return False
@@ -310,7 +305,7 @@ class WebHandler(web.WebSession, ChatHandler):
     upgrade) the same chat session as on the TCP port; see web.py."""
 
 
-class ChatServer(socketserver.ThreadingTCPServer):
+class ChatServer(transport.ListeningServer):
     """The chat over TCP: accepts connections, each served by a
     :class:`ChatHandler` in its own thread, for one :class:`room.Room`.
 
@@ -318,10 +313,6 @@ class ChatServer(socketserver.ThreadingTCPServer):
     the process-wide things: thread stack size, open-file limit, logging).
     """
 
-    daemon_threads = True
-    allow_reuse_address = True
-    block_on_close = False
-    request_queue_size = 1024
     #: Set by main(): the process exits right after stop(), and its exit
     #: closes every socket at once. Shutting thousands of sockets down one
     #: by one would wake every handler thread at the same moment, all
@@ -372,17 +363,6 @@ class ChatServer(socketserver.ThreadingTCPServer):
         # The web page and its WebSocket endpoint, on a port of their own
         # (None if off, or if that port cannot be had: logged).
         self.web = web.open_web(self, WebHandler)
-
-    def server_bind(self) -> None:
-        if self.address_family == socket.AF_INET6 and \
-                self.config.host in ("::", ""):
-            # Dual stack: '::' takes IPv4 clients too, where the OS allows.
-            try:
-                self.socket.setsockopt(socket.IPPROTO_IPV6,
-                                       socket.IPV6_V6ONLY, 0)
-            except (AttributeError, OSError):
-                pass
-        super().server_bind()
 
     @property
     def address(self) -> Tuple[str, int]:
@@ -528,7 +508,7 @@ class ChatServer(socketserver.ThreadingTCPServer):
     def _refuse(self, request: socket.socket, line: str) -> None:
         """Send a refused connection its one line, and close it."""
         try:
-            request.send(protocol.encode_line(line), _DONTWAIT)
+            request.send(protocol.encode_line(line), DONTWAIT)
         except OSError:
             pass
         self.shutdown_request(request)
@@ -546,11 +526,6 @@ class ChatServer(socketserver.ThreadingTCPServer):
         if self._stopping:  # stop() may be waiting for the last one
             with self._all_closed:
                 self._all_closed.notify_all()
-
-
-    def handle_error(self, request: socket.socket,
-                     client_address: Address) -> None:
-        log.exception("%s: error", format_address(client_address))
 
 
 def make_tls_context(cert: str, key: str) -> ssl.SSLContext:

@@ -11,13 +11,17 @@ that knows about sockets, for both ends (and the tests and the bench).
 * :class:`LineSocket`: a connected socket read and written as lines; what
   a client (``client.py``, the tests) talks through.
 * :func:`configure_socket`: the TCP settings every chat connection gets.
+* :class:`ListeningServer`: what the server's two ports (the chat's and
+  the web page's) have in common.
 
 The server's sending side, which must never block, is ``outbox.py``.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
+import socketserver
 import ssl
 import threading
 import time
@@ -25,6 +29,7 @@ from collections import deque
 from typing import Callable, Deque, List, Optional, Tuple
 
 import protocol
+from members import Address, format_address
 from protocol import Frame
 
 #: Bytes asked of one ``recv``: large enough that a flood of lines is read
@@ -42,6 +47,12 @@ TLS_READ_BYTES = 256 * 1024
 KEEPALIVE_IDLE = 60
 KEEPALIVE_INTERVAL = 10
 KEEPALIVE_PROBES = 5
+#: How often a server's accept loop checks whether it should stop.
+ACCEPT_POLL_SECONDS = 0.05
+#: MSG_DONTWAIT: one send that does not block, on a blocking socket (see
+#: outbox.py); a server uses it for the one line a refused connection
+#: gets, and a TLS refusal.
+DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 
 class TLSLayer:
@@ -299,3 +310,33 @@ def configure_socket(sock: socket.socket, keepalive: bool = True) -> None:
     except OSError:
         pass  # the peer may already be gone; recv() will tell
 
+
+class ListeningServer(socketserver.ThreadingTCPServer):
+    """What the server's two ports (the chat's, ``server.ChatServer``, and
+    the web page's, ``web.WebServer``) have in common: a thread for each
+    connection, never waited for on close; a deep queue of connections
+    not yet accepted; the port reused at once after a restart; IPv4
+    clients too on ``::``, where the OS allows; and an error in a
+    connection's thread logged with the peer's address. Set
+    ``address_family`` before calling ``__init__``."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    block_on_close = False
+    request_queue_size = 1024
+
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6 and \
+                self.server_address[0] in ("::", ""):
+            # Dual stack: '::' takes IPv4 clients too, where the OS allows.
+            try:
+                self.socket.setsockopt(socket.IPPROTO_IPV6,
+                                       socket.IPV6_V6ONLY, 0)
+            except (AttributeError, OSError):
+                pass
+        super().server_bind()
+
+    def handle_error(self, request: socket.socket,
+                     client_address: Address) -> None:
+        logging.getLogger("chat").exception(
+            "%s: error", format_address(client_address))

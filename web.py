@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import socket
-import socketserver
 import threading
 import time
 from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Set, \
@@ -40,7 +39,8 @@ import wscodec
 from members import Address, format_address, host_of
 from outbox import Outbox
 from protocol import Frame
-from transport import RECV_BYTES, TLSLayer
+from transport import ACCEPT_POLL_SECONDS, DONTWAIT, RECV_BYTES, \
+    ListeningServer, TLSLayer
 
 if TYPE_CHECKING:
     from server import ChatServer
@@ -474,16 +474,11 @@ def _left(deadline: float) -> float:
 # --- The server --------------------------------------------------------------
 
 
-class WebServer(socketserver.ThreadingTCPServer):
+class WebServer(ListeningServer):
     """The web front-end, beside a ``server.ChatServer`` (``chat``): same
     host, room, registration timeouts, TLS context and connection count.
     Each connection is served by ``handler`` (a WebSession mixed into the
     chat's handler) in a thread of its own."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-    block_on_close = False
-    request_queue_size = 1024
 
     def __init__(self, chat: "ChatServer",
                  handler: type, port: int) -> None:
@@ -501,16 +496,6 @@ class WebServer(socketserver.ThreadingTCPServer):
         self._serving = False
         self.address_family = chat.address_family
         super().__init__((chat.config.host, port), handler)
-
-    def server_bind(self) -> None:
-        if self.address_family == socket.AF_INET6 and \
-                self.config.host in ("::", ""):
-            try:  # dual stack, as the chat's own port
-                self.socket.setsockopt(socket.IPPROTO_IPV6,
-                                       socket.IPV6_V6ONLY, 0)
-            except (AttributeError, OSError):
-                pass
-        super().server_bind()
 
     @property
     def url(self) -> str:
@@ -563,7 +548,7 @@ class WebServer(socketserver.ThreadingTCPServer):
                      extra={"burst": "connections refused"})
             if self.tls_context is None:  # else no TLS yet to say it in
                 try:  # one short non-blocking send to a new socket
-                    request.send(refused_response(refusal), _DONTWAIT)
+                    request.send(refused_response(refusal), DONTWAIT)
                 except OSError:
                     pass
             self.shutdown_request(request)
@@ -580,10 +565,6 @@ class WebServer(socketserver.ThreadingTCPServer):
             super().process_request_thread(request, client_address)
         finally:
             self.chat.give_seat_back(client_address)
-
-    def handle_error(self, request: socket.socket,
-                     client_address: Address) -> None:
-        log.exception("%s: error", format_address(client_address))
 
     # -- The pinger
 
@@ -614,9 +595,6 @@ class WebServer(socketserver.ThreadingTCPServer):
                         wscodec.encode_frame(wscodec.PING))
 
 
-#: How often the web accept loop checks whether it should stop.
-ACCEPT_POLL_SECONDS = 0.05
-_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 #: Hosts that mean "every address of this computer".
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
