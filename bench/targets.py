@@ -208,16 +208,24 @@ def start_ncat(host: str, clients: int, tls: bool = False) -> Target:
                                stdout=log, stderr=log)
     log.close()
     target = Target(NCAT, family, address, process.pid, process, log.name)
+    return wait_accepting(target, "ncat")
+
+
+def wait_accepting(target: Target, name: str) -> Target:
+    """``target`` once its process accepts connections (polled for at most
+    NCAT_START_TIMEOUT_S); stopped, and RuntimeError with its log's tail,
+    if it does not."""
     deadline = time.monotonic() + NCAT_START_TIMEOUT_S
-    while time.monotonic() < deadline and process.poll() is None:
+    while time.monotonic() < deadline and target.process.poll() is None:
         try:
-            socket.create_connection(address[:2], timeout=1).close()
+            socket.create_connection(target.address[:2], timeout=1).close()
             return target
         except OSError:
             time.sleep(0.05)
     tail = "\n  ".join(target.log_tail())
     close_target(target)
-    raise RuntimeError(f"ncat did not start accepting connections:\n  {tail}")
+    raise RuntimeError(f"{name} did not start accepting connections:\n"
+                       f"  {tail}")
 
 
 def start_ngircd(host: str, oper_password: str) -> Target:
@@ -239,16 +247,7 @@ def start_ngircd(host: str, oper_password: str) -> Target:
                                    stdout=log, stderr=log, cwd=directory)
     target = Target(NGIRCD, family, address, process.pid, process,
                     log_path)
-    deadline = time.monotonic() + NCAT_START_TIMEOUT_S
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            socket.create_connection(address[:2], timeout=1).close()
-            return target
-        except OSError:
-            time.sleep(0.05)
-    tail = "\n  ".join(target.log_tail())
-    close_target(target)
-    raise RuntimeError(f"ngircd did not start accepting:\n  {tail}")
+    return wait_accepting(target, "ngircd")
 
 
 def close_target(target: Target) -> None:
