@@ -810,7 +810,7 @@ def handle_line(line: str, link: Link, terminal: Terminal,
     # server's answer so that the next prompt shows the right partner. A
     # private line: wait for its copy (or the error), so that it replaces
     # the typed line before the next prompt (see echo_for).
-    changes_partner = (action == protocol.ROUTE and command is not None
+    wants_answer = (action == protocol.ROUTE and command is not None
                        and not command.text) or is_private(command, state)
     seen = state.replies
     try:
@@ -820,7 +820,7 @@ def handle_line(line: str, link: Link, terminal: Terminal,
         # program): this line is lost, and the user must know it.
         show_notice(terminal, NOT_SENT)
         return True
-    if changes_partner:
+    if wants_answer:
         state.wait_for_reply(seen, REPLY_TIMEOUT)
     return True
 
