@@ -84,6 +84,7 @@ class Outbox:
         self._sending = False     # a thread is sending: the others wait
         self._close_by = 0.0      # CLOSING: when to give up on the peer
         self._writer: Optional[threading.Thread] = None
+        self._reader_waits = True  # a reader may be blocked in recv()
 
     # -- What senders call
 
@@ -159,6 +160,15 @@ class Outbox:
             else:
                 self._end()
 
+    def reader_left(self) -> None:
+        """The connection's reader has stopped reading for good: ending
+        the outbox then need not shut the socket down to wake it (the
+        socket's owner closes it). When thousands of connections end at
+        once, every system call an ending thread makes is one more wait
+        for the GIL among thousands of threads."""
+        with self._lock:
+            self._reader_waits = False
+
     def wait_drained(self, timeout: float) -> bool:
         """Wait until all queued data has left (or the outbox has ended);
         False on timeout."""
@@ -225,12 +235,15 @@ class Outbox:
         self._shut_down()
 
     def _shut_down(self) -> None:
-        """Drop everything; also wakes a reader blocked in ``recv``."""
+        """Drop everything; also wakes a reader blocked in ``recv``
+        (unless it has left: :meth:`reader_left`)."""
         self.state = DONE
         self._chunks.clear()
         self._unsent = b""
         self._size = 0
         self._wake.notify_all()
+        if not self._reader_waits:
+            return
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:

@@ -209,6 +209,9 @@ class ChatHandler(socketserver.BaseRequestHandler):
             self.read_error = "internal error"
             self.cut = True
         finally:
+            # This thread reads no more: closing the outbox need not wake
+            # it (the socket is closed when the handler returns).
+            self.outbox.reader_left()
             # The network dropped it (the user may come back for the
             # seat), unless the server cut it: a broken stream either way,
             # a reader too slow, a bug. A failed send is the network's.

@@ -338,6 +338,21 @@ def test_close_sends_what_is_pending_then_eof(make_outbox):
     assert sock.gettimeout() is None
 
 
+def test_close_after_reader_left_leaves_the_socket_to_its_owner(
+        make_outbox):
+    """After reader_left() there is no reader to wake: ending the outbox
+    sends what it holds but does not shut the socket down (its owner
+    closes it); the socket still takes data afterwards."""
+    box, sock, peer = make_outbox()
+    box.put(b"bye\n")
+    box.reader_left()
+    box.close()
+    wait_until(lambda: box.done, HANG, "the outbox to end")
+    assert read_exactly(peer, 4) == b"bye\n"
+    sock.sendall(b"still open\n")  # EPIPE had it been shut down
+    assert read_exactly(peer, 11) == b"still open\n"
+
+
 def test_close_keeps_lines_queued_while_the_writer_sends(make_outbox):
     """Lines queued while the writer thread is sending, then close(): the
     peer gets them too before EOF (close() promises to send what is
