@@ -285,13 +285,10 @@ class Commands:
     def do_mute(self, member: Member, command: Command) -> None:
         """``-mute NICK [minutes]``: NICK's lines reach nobody, and NICK is
         told so at each one; until ``-unmute`` or the minutes are up."""
-        target = self._find_other(member, command.target)
-        if target is None:
-            return
-        given = self._minutes(member, command.text)
+        given = self._sanctioned(member, command)
         if given is None:
             return
-        minutes, rest = given
+        target, minutes, rest = given
         if rest:
             self._refuse(member, protocol.format_error(
                 "usage: -mute NICK [minutes]"))
@@ -327,13 +324,10 @@ class Commands:
         connections from their address, until ``-unban`` or the minutes
         are up. Others on that address stay (a classroom may share one
         behind NAT)."""
-        target = self._find_other(member, command.target)
-        if target is None:
-            return
-        given = self._minutes(member, command.text)
+        given = self._sanctioned(member, command)
         if given is None:
             return
-        minutes, reason = given
+        target, minutes, reason = given
         host = host_of(target.address)
         if host == host_of(member.address):
             # A ban would lock the admin out too.
@@ -456,20 +450,23 @@ class Commands:
             self._mutes.seconds_left(mute)))
         return True
 
-    def _minutes(self, member: Member, text: str
-                 ) -> Optional[Tuple[Optional[int], str]]:
-        """Read optional minutes first in ``text``: (minutes, or None for
-        until lifted; the rest); None after telling the member what is
-        wrong with them."""
-        word, rest = (text.split(None, 1) + ["", ""])[:2]
+    def _sanctioned(self, member: Member, command: Command
+                    ) -> Optional[Tuple[Member, Optional[int], str]]:
+        """For ``-mute``/``-ban NICK [minutes] ...``: (the user NICK, the
+        minutes or None for until lifted, the rest of the text); None
+        after telling the member what is wrong."""
+        target = self._find_other(member, command.target)
+        if target is None:
+            return None
+        word, rest = (command.text.split(None, 1) + ["", ""])[:2]
         if not (word.isascii() and word.isdecimal()):
-            return None, text  # no minutes: until lifted
+            return target, None, command.text  # no minutes: until lifted
         minutes = int(word)
         if not 1 <= minutes <= config.MAX_SANCTION_MINUTES:
             self._refuse(member, protocol.format_error(
                 f"minutes must be 1 to {config.MAX_SANCTION_MINUTES}"))
             return None
-        return minutes, rest.strip()
+        return target, minutes, rest.strip()
 
     def _throw_out(self, target: Member, why: str, told: str,
                    everyone: str) -> None:

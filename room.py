@@ -322,7 +322,9 @@ class Room(Commands):
                 touch(member.link)
         # Someone is there, whether or not they ignore the sender: being
         # ignored by everyone must not look different.
-        return len(self._by_key) > (exclude in self._by_key.values())
+        excluded = exclude is not None and \
+            self._by_key.get(exclude.key) is exclude
+        return len(self._by_key) > excluded
 
     def _tell_everyone(self, text: str, exclude: Optional[Member] = None,
                        history: bool = False) -> None:

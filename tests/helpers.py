@@ -41,7 +41,45 @@ Match = Union[str, Callable[[str], bool]]
 Address = Tuple
 
 
-class LineClient:
+class ChatUser:
+    """What every test user does with lines, whatever carries them: a
+    subclass gives ``send(text)``, ``read_line(timeout)`` (the next line,
+    appended to ``seen``; raises when none comes), ``timeout`` and
+    ``nick``."""
+
+    timeout: float = DEADLINE
+    nick: str = ""
+
+    def send(self, text: str) -> None:
+        raise NotImplementedError
+
+    def read_line(self, timeout: Optional[float] = None) -> str:
+        raise NotImplementedError
+
+    def expect(self, match: Match, timeout: Optional[float] = None) -> str:
+        """Read lines until one matches (equal string, or predicate)."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while True:
+            line = self.read_line(max(0.01, deadline - time.monotonic()))
+            if (match(line) if callable(match) else line == match):
+                return line
+
+    def next_is(self, expected: str) -> None:
+        """The very next line is ``expected``."""
+        line = self.read_line()
+        assert line == expected
+
+    def register(self, nick: str) -> "ChatUser":
+        self.expect(protocol.format_nick_prompt())
+        self.send(nick)
+        self.expect(protocol.format_welcome(nick))
+        self.expect(lambda line: line.startswith("* Online ("))
+        self.nick = nick
+        return self
+
+
+
+class LineClient(ChatUser):
     """A test's chat user: a real TCP socket that reads whole lines, each
     strictly UTF-8 (the server must never send anything else).
 
@@ -133,27 +171,6 @@ class LineClient:
         text = self._lines.popleft()
         self.seen.append(text)
         return text
-
-    def expect(self, match: Match, timeout: Optional[float] = None) -> str:
-        """Read lines until one matches (equal string, or predicate)."""
-        deadline = time.monotonic() + (timeout or self.timeout)
-        while True:
-            line = self.read_line(max(0.01, deadline - time.monotonic()))
-            if (match(line) if callable(match) else line == match):
-                return line
-
-    def next_is(self, expected: str) -> None:
-        """The very next line is ``expected``."""
-        line = self.read_line()
-        assert line == expected
-
-    def register(self, nick: str) -> "LineClient":
-        self.expect(protocol.format_nick_prompt())
-        self.send(nick)
-        self.expect(protocol.format_welcome(nick))
-        self.expect(lambda line: line.startswith("* Online ("))
-        self.nick = nick
-        return self
 
     def wait_closed(self, timeout: Optional[float] = None) -> List[str]:
         """Read until the server closes the connection; the lines read."""

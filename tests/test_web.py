@@ -12,7 +12,6 @@ import socket
 import ssl
 import struct
 import threading
-import time
 from typing import Dict, List, Optional, Tuple
 
 import pytest
@@ -32,7 +31,8 @@ except ImportError:
 import config
 import protocol
 import wscodec as ws
-from helpers import CERT, DEADLINE, KEY, LineClient, marker, wait_until
+from helpers import (CERT, DEADLINE, KEY, ChatUser, LineClient, marker,
+                     wait_until)
 from server import ChatServer, ServerConfig
 
 
@@ -51,7 +51,7 @@ def chat_url(server: ChatServer, scheme: str = "ws") -> str:
     return f"{scheme}://{host}:{port}/chat"
 
 
-class WebUser:
+class WebUser(ChatUser):
     """A browser user, as far as the server can tell: a ``websockets``
     client sending the Origin of the server's own page."""
 
@@ -76,27 +76,11 @@ class WebUser:
     def send(self, text: str) -> None:
         self.conn.send(text)
 
-    def read_line(self) -> str:
-        line = self.conn.recv(timeout=DEADLINE)
+    def read_line(self, timeout: Optional[float] = None) -> str:
+        line = self.conn.recv(timeout=timeout or DEADLINE)
         assert isinstance(line, str)
         self.seen.append(line)
         return line
-
-    def expect(self, wanted) -> str:
-        deadline = time.monotonic() + DEADLINE
-        while time.monotonic() < deadline:
-            line = self.read_line()
-            if (wanted(line) if callable(wanted) else line == wanted):
-                return line
-        raise AssertionError(f"not seen: {wanted}; seen {self.seen[-5:]}")
-
-    def register(self, nick: str) -> "WebUser":
-        self.expect(protocol.format_nick_prompt())
-        self.send(nick)
-        self.expect(protocol.format_welcome(nick))
-        self.expect(lambda line: line.startswith("* Online ("))
-        self.nick = nick
-        return self
 
     def close_code(self) -> int:
         """Read until the server closes; the code it closed with."""
